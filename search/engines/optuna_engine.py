@@ -1,0 +1,393 @@
+"""Optuna as a sweep engine: the space as define-by-run suggestions, an ask/tell loop.
+
+Why our own loop instead of `study.optimize`: the loop asks for each trial under a study
+lock, so a study-wide budget (`--study-trials N`) is exact across any number of workers
+(optimize's MaxTrialsCallback overshoots by up to workers-1), and it keeps our own
+heartbeat thread so a worker killed mid-trial is noticed: its trial is failed by
+`fail_stale_trials`, mirrored as failed in MLflow, and enqueued again with the same
+parameters for whichever worker is free (optuna#6283: Optuna does not rerun it by default).
+
+Storage: SQLite under mlruns/ by default; any SQLAlchemy URL (PostgreSQL for many
+workers, with a small connection pool per worker: optuna#5582, #1347).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import inspect
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import optuna
+from optuna.trial import TrialState as OptunaState
+
+from search.errors import UsageError
+from search.space import CategoricalParam, Condition, FloatParam, IntParam, ParamSpec, Space
+from search.sweep import Sweep, SweepSummary
+from search.train import TrialState
+
+DEFAULT_STORAGE_FILE = Path("mlruns") / "optuna.db"
+MAX_RETRIES = 3  # times a trial interrupted by a dead worker is run again
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# --------------------------------------------------------------------------- the space
+
+
+def suggest(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
+    """One parameter spec as Optuna's suggestion of the same distribution."""
+    if isinstance(spec, FloatParam):
+        return trial.suggest_float(name, spec.low, spec.high, log=spec.log, step=spec.step)
+    if isinstance(spec, IntParam):
+        return trial.suggest_int(name, spec.low, spec.high, step=spec.step, log=spec.log)
+    if isinstance(spec, CategoricalParam):
+        return trial.suggest_categorical(name, list(spec.choices))
+    raise TypeError(f"unknown parameter spec {spec!r}")
+
+
+class OptunaSuggester:
+    """Define-by-run: Optuna is only asked for active parameters, so conditions need no
+    translation here."""
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial = trial
+
+    def suggest(self, name: str, spec: ParamSpec, conditions: tuple[Condition, ...]) -> Any:
+        return suggest(self.trial, name, spec)
+
+
+def grid_values(spec: ParamSpec, name: str) -> list:
+    """The finite values of a parameter for the grid sampler."""
+    if isinstance(spec, CategoricalParam):
+        return list(spec.choices)
+    if isinstance(spec, IntParam):
+        return spec.values()
+    if spec.step is not None:
+        n = int(round((spec.high - spec.low) / spec.step))
+        return [spec.low + i * spec.step for i in range(n + 1)]
+    raise UsageError(f"--sampler grid: parameter {name} is continuous; give it a step or use choices")
+
+
+def grid_space(space: Space) -> dict[str, list]:
+    grid: dict[str, list] = {}
+    for path, spec in space.params.items():
+        if spec.per_block:
+            _, high = space.count_range(spec.per_block)
+            for i in range(high):
+                grid[f"{path}.{i}"] = grid_values(spec, path)
+        else:
+            grid[path] = grid_values(spec, path)
+    return grid
+
+
+# --------------------------------------------------------------------------- samplers, pruners
+
+
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler stops `study.optimize` when the grid is exhausted, which raises under
+    ask/tell; our loop asks `is_exhausted` before each trial instead."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
+def make_sampler(name: str, seed: int, space: Space) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        # multivariate+group model the joint and conditional structure; constant_liar keeps
+        # parallel workers from all sampling the same point.
+        with _quiet_experimental():
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        if importlib.util.find_spec("cmaes") is None:
+            raise UsageError("--sampler cmaes needs the 'cmaes' package: pip install cmaes")
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "gp":
+        if importlib.util.find_spec("torch") is None:
+            raise UsageError("--sampler gp needs PyTorch: pip install 'blocksweep[torch]'")
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "grid":
+        return AskTellGridSampler(grid_space(space), seed=seed)
+    raise UsageError(f"--sampler: unknown sampler {name!r}")
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        # Once two trials have finished, stop a trial whose epoch is below their median.
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise UsageError(f"--pruner: unknown pruner {name!r}")
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def storage_url(url: Optional[str]) -> str:
+    if url:
+        return url
+    DEFAULT_STORAGE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{DEFAULT_STORAGE_FILE.resolve()}"
+
+
+def storage_kind(url: str) -> str:
+    return url.split(":", 1)[0].split("+", 1)[0]
+
+
+def make_storage(url: str, heartbeat: float, on_stale) -> optuna.storages.RDBStorage:
+    kind = storage_kind(url)
+    if kind == "sqlite":
+        # Several local workers may share the file: wait for locks rather than fail.
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    else:
+        # Many workers x small pools: each worker needs a connection for its trial loop
+        # and one for its heartbeat; pre-ping survives server restarts.
+        engine_kwargs = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 300}
+    interval = max(1, int(round(heartbeat)))
+    # Optuna 4.9 renamed the stale-trial hook; accept both.
+    hook = ("heartbeat_stale_trial_callback"
+            if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+            else "failed_trial_callback")
+    try:
+        with _quiet_experimental():
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval,
+                                              grace_period=3 * interval, **{hook: on_stale})
+    except Exception as err:  # bad URL, unreachable server, missing driver
+        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+        raise UsageError(f"--storage {url}: cannot open the study storage ({first[:300]})") from None
+
+
+@contextlib.contextmanager
+def _quiet_experimental():
+    """Heartbeats are 'experimental' in Optuna and 'meant for Study.optimize'; we use them
+    on purpose with ask/tell (our own heartbeat thread), so silence those two warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        yield
+
+
+@contextlib.contextmanager
+def study_lock(storage: optuna.storages.RDBStorage, url: str, study: str):
+    """Mutual exclusion between all workers of a study, for the instant of deciding
+    whether to start another trial: a PostgreSQL advisory lock, a MySQL named lock, or a
+    file lock beside an SQLite database."""
+    kind = storage_kind(url)
+    key = int(hashlib.sha256(study.encode()).hexdigest()[:15], 16)
+    if kind == "postgresql":
+        from sqlalchemy import text
+
+        with storage.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+    elif kind == "mysql":
+        from sqlalchemy import text
+
+        with storage.engine.connect() as conn:
+            conn.execute(text("SELECT GET_LOCK(:k, 600)"), {"k": f"blocksweep-{key}"})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": f"blocksweep-{key}"})
+    elif kind == "sqlite" and "memory" not in url:
+        lock_path = Path(url.split("sqlite:///", 1)[-1] + f".{key:x}.lock")
+        with open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    else:
+        yield
+
+
+class Heartbeat:
+    """Records a running trial's heartbeat every `interval` seconds on its own thread."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float):
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{trial_id}")
+
+    def _beat(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # a transient database error must not kill the trial
+                pass
+            self.stop_event.wait(self.interval)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        self.thread.join(timeout=self.interval + 5)
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+def _counts(study: optuna.Study) -> dict[str, int]:
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return {"completed": states.count(OptunaState.COMPLETE), "pruned": states.count(OptunaState.PRUNED),
+            "failed": states.count(OptunaState.FAIL), "running": states.count(OptunaState.RUNNING),
+            "waiting": states.count(OptunaState.WAITING)}
+
+
+def _best(study: optuna.Study) -> tuple[Optional[int], Optional[float], Optional[str]]:
+    try:
+        best = study.best_trial
+    except ValueError:  # no completed trial yet
+        return None, None, None
+    return best.number, best.value, best.user_attrs.get("mlflow_run_id")
+
+
+class OptunaEngine:
+    name = "optuna"
+
+    def check(self, sweep: Sweep) -> None:
+        o = sweep.options
+        make_sampler(o.sampler, o.seed, sweep.spec.space)  # raises UsageError when it cannot run
+        make_pruner(o.pruner, sweep.spec.file.train.epochs)
+
+    def open_study(self, sweep: Sweep) -> tuple[optuna.Study, optuna.storages.RDBStorage, str]:
+        o = sweep.options
+        url = storage_url(o.storage)
+
+        def on_stale(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
+            self.retry(sweep, study, failed, "its worker stopped sending heartbeats (killed or lost)")
+
+        storage = make_storage(url, o.heartbeat, on_stale)
+        study = optuna.create_study(study_name=o.study, storage=storage, load_if_exists=True,
+                                    direction=sweep.objective.goal,
+                                    sampler=make_sampler(o.sampler, o.seed, sweep.spec.space),
+                                    pruner=make_pruner(o.pruner, sweep.spec.file.train.epochs))
+        if study.direction.name.lower() != sweep.objective.goal:
+            raise UsageError(f"--study {o.study}: the existing study {study.direction.name.lower()}s, "
+                             f"but the space file asks to {sweep.objective.goal} {sweep.metric}")
+        return study, storage, url
+
+    def retry(self, sweep: Sweep, study: optuna.Study, failed: optuna.trial.FrozenTrial, why: str) -> None:
+        """Mirror an interrupted trial as failed in MLflow and enqueue it again."""
+        retries = int(failed.user_attrs.get("retries", 0))
+        again = retries < MAX_RETRIES
+        reason = f"interrupted: {why}" + ("; retried with the same parameters" if again else
+                                          f"; not retried (already retried {retries} times)")
+        sweep.tracker.mark_interrupted(sweep.experiment_id, sweep.parent_run_id, str(failed.number), reason)
+        study.set_user_attr(f"interrupted_{failed.number}", reason)
+        if again:
+            study.enqueue_trial(failed.params, user_attrs={"retry_of": failed.number, "retries": retries + 1})
+
+    def _enqueue_defaults(self, sweep: Sweep, study: optuna.Study) -> None:
+        """A space whose parameters carry defaults starts with that configuration."""
+        space = sweep.spec.space
+        if not any(spec.default is not None for spec in space.params.values()):
+            return
+        if study.user_attrs.get("defaults_enqueued") or study.get_trials(deepcopy=False):
+            return
+        from search.space import DefaultSuggester
+
+        study.enqueue_trial(space.flat_names(space.sample(DefaultSuggester())))
+        study.set_user_attr("defaults_enqueued", True)
+
+    def _next_trial(self, sweep: Sweep, study: optuna.Study, storage, url: str, started: float,
+                    ran: int) -> tuple[Optional[optuna.Trial], str]:
+        """Under the study lock: ask for a trial, or say why this worker stops."""
+        o = sweep.options
+        while True:
+            if o.timeout is not None and time.monotonic() - started >= o.timeout:
+                return None, f"--timeout {o.timeout:g}s reached"
+            if o.trials is not None and ran >= o.trials:
+                return None, ""
+            if sweep.counts.failed >= o.max_failures:
+                return None, f"{sweep.counts.failed} trials failed (--max-failures {o.max_failures})"
+            with _quiet_experimental():
+                optuna.storages.fail_stale_trials(study)
+            sampler = study.sampler
+            if isinstance(sampler, AskTellGridSampler) and sampler.is_exhausted(study):
+                return None, "the grid is exhausted"
+            with study_lock(storage, url, o.study):
+                self._enqueue_defaults(sweep, study)
+                if o.study_trials is None:
+                    return self._ask(study), ""
+                c = _counts(study)
+                if c["completed"] + c["pruned"] + c["running"] + c["waiting"] < o.study_trials or c["waiting"]:
+                    return self._ask(study), ""
+                if c["running"] == 0:
+                    return None, f"the study has its {o.study_trials} trials"
+            # Budget taken but trials still run elsewhere: one may yet die and need us.
+            time.sleep(min(2.0, o.heartbeat))
+
+    @staticmethod
+    def _ask(study: optuna.Study) -> optuna.Trial:
+        with _quiet_experimental():
+            return study.ask()
+
+    def run(self, sweep: Sweep) -> SweepSummary:
+        o = sweep.options
+        study, storage, url = self.open_study(sweep)
+        started = time.monotonic()
+        ran, stopped = 0, ""
+        while True:
+            trial, stopped = self._next_trial(sweep, study, storage, url, started, ran)
+            if trial is None:
+                break
+            ran += 1
+            self._run_one(sweep, study, storage, trial)
+        counts = _counts(study)
+        number, value, run_id = _best(study)
+        sweep.record_best(number, value, run_id)
+        sweep.record_counts(counts)
+        sweep.close(still_running=counts["running"])
+        return SweepSummary(study=o.study, engine=self.name, experiment_id=sweep.experiment_id,
+                            parent_run_id=sweep.parent_run_id, ran=vars(sweep.counts).copy(),
+                            study_counts=counts, best_trial=number, best_value=value, best_run_id=run_id,
+                            stopped_because=stopped)
+
+    def _run_one(self, sweep: Sweep, study: optuna.Study, storage, trial: optuna.Trial) -> None:
+        def report(epoch: int, value: float) -> bool:
+            trial.report(value, epoch)
+            return trial.should_prune()
+
+        def best_so_far() -> Optional[float]:
+            return _best(study)[1]
+
+        retry_of = trial.user_attrs.get("retry_of")
+        extra = {"blocksweep.retry_of": retry_of} if retry_of is not None else {}
+        with Heartbeat(storage, trial._trial_id, sweep.options.heartbeat):
+            try:
+                values = sweep.spec.space.sample(OptunaSuggester(trial))
+                result, run_id = sweep.run_trial(trial.number, values, report=report, best_so_far=best_so_far,
+                                                 trial_key=str(trial.number), extra_tags=extra)
+            except KeyboardInterrupt:
+                frozen = study.tell(trial, state=OptunaState.FAIL)
+                self.retry(sweep, study, frozen, "stopped by the user (Ctrl-C)")
+                raise
+        trial.set_user_attr("mlflow_run_id", run_id)
+        if result.state is TrialState.COMPLETE:
+            study.tell(trial, result.objective)
+            number, value, best_run = _best(study)
+            sweep.record_best(number, value, best_run)
+        elif result.state is TrialState.PRUNED:
+            study.tell(trial, state=OptunaState.PRUNED)
+        else:
+            trial.set_user_attr("fail_reason", result.reason)
+            study.tell(trial, state=OptunaState.FAIL)

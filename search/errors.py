@@ -1,0 +1,19 @@
+"""The two kinds of failure the command line tells apart.
+
+`UsageError` is the user's input being wrong (a space file, a flag, a data directory):
+one line, exit code 2, nothing run. `TrialFailed` is a training that started and broke
+(NaN loss, out of memory): exit code 1 for `blocksweep train`; inside a sweep the trial
+is recorded as failed with this reason and the sweep goes on.
+"""
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+    exit_code = 2
+
+
+class TrialFailed(Exception):
+    """A training run that broke; the message is the reason recorded for it."""
+
+    exit_code = 1

@@ -1,0 +1,97 @@
+"""The block vocabulary: compositions of convolution, batch-norm, pooling and dropout.
+
+A composition is a dash-separated string read left to right, one token per layer:
+
+    conv   3x3 convolution, 'same' padding; its activation follows at once, unless the
+           composition places activations itself with `act`
+    bn     batch normalisation
+    act    the activation (only in compositions that place it explicitly)
+    pool   2x2 max pooling
+    drop   dropout
+
+The seed notes list four conv blocks and three dense heads; `conv-pool-bn-act-conv-bn-act`
+is airbench's block (pooling before normalisation, activations placed explicitly).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+BlockName = Literal[
+    "conv-bn-conv-pool-drop",
+    "bn-conv-bn-conv-pool-drop",
+    "conv-bn-conv-bn-pool",
+    "conv-drop-conv-drop-pool",
+    "conv-pool-bn-act-conv-bn-act",
+]
+HeadName = Literal["dense-drop", "dense-bn", "dense-bn-drop", "gap"]
+
+BLOCK_NAMES: tuple[str, ...] = BlockName.__args__
+HEAD_NAMES: tuple[str, ...] = HeadName.__args__
+
+
+def tokens(composition: str) -> list[str]:
+    return composition.split("-")
+
+
+def dropout_count(composition: str) -> int:
+    """How many dropout layers a block composition has (the conditional `inner_dropout`
+    parameter exists only for compositions with two)."""
+    return tokens(composition).count("drop")
+
+
+def conv_block(x, composition: str, filters: int, *, dropout: float, inner_dropout: float,
+               activation: str, name: str, conv_options: dict | None = None,
+               bn_options: dict | None = None):
+    """Apply one block to tensor `x`. In a block with two dropouts the first uses
+    `inner_dropout`, the last `dropout`. Layers are named ``{name}_{token}{k}``."""
+    from keras import layers
+
+    conv_options = conv_options or {}
+    bn_options = bn_options or {}
+    parts = tokens(composition)
+    explicit_act = "act" in parts
+    drops_left = parts.count("drop")
+    seen: dict[str, int] = {}
+    for token in parts:
+        seen[token] = seen.get(token, 0) + 1
+        layer_name = f"{name}_{token}{seen[token]}"
+        if token == "conv":
+            x = layers.Conv2D(filters, 3, padding="same", name=layer_name, **conv_options)(x)
+            if not explicit_act:
+                x = layers.Activation(activation, name=f"{layer_name}_{activation}")(x)
+        elif token == "bn":
+            x = layers.BatchNormalization(name=layer_name, **bn_options)(x)
+        elif token == "act":
+            x = layers.Activation(activation, name=layer_name)(x)
+        elif token == "pool":
+            x = layers.MaxPooling2D(2, name=layer_name)(x)
+        elif token == "drop":
+            rate = dropout if drops_left == 1 else inner_dropout
+            drops_left -= 1
+            x = layers.Dropout(rate, name=layer_name)(x)
+        else:  # unreachable for validated configs; kept so a typo in code fails loudly
+            raise ValueError(f"unknown block token {token!r} in {composition!r}")
+    return x
+
+
+def dense_head(x, head: str, *, units: int, dropout: float, activation: str, num_classes: int,
+               output_activation: str = "softmax"):
+    """Flatten (or globally average) the feature map, then the head composition, then the
+    classifier. `gap` is All-CNN's head: global average pooling straight into the classes."""
+    from keras import layers
+
+    if head == "gap":
+        x = layers.GlobalAveragePooling2D(name="head_gap")(x)
+    else:
+        x = layers.Flatten(name="head_flatten")(x)
+        for token in tokens(head):
+            if token == "dense":
+                x = layers.Dense(units, activation=activation, name="head_dense")(x)
+            elif token == "bn":
+                x = layers.BatchNormalization(name="head_bn")(x)
+            elif token == "drop":
+                x = layers.Dropout(dropout, name="head_drop")(x)
+    # The classifier keeps float32 outputs under mixed precision (stable softmax/loss).
+    return layers.Dense(num_classes, activation=output_activation, dtype="float32",
+                        name="predictions")(x)

@@ -1,0 +1,38 @@
+"""Figures, as PNG files (matplotlib's Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves(history: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """Accuracy and loss per epoch, training and validation on the same axes."""
+    plt = _pyplot()
+    epochs = list(range(1, len(history) + 1))
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, name in ((acc_ax, "accuracy"), (loss_ax, "loss")):
+        for key, label, style in ((name, "train", "-"), (f"val_{name}", "validation", "--")):
+            values = [h.get(key) for h in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, style, marker="o", label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,278 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+Layout, correct by construction:
+
+* `blocksweep train` logs one run into the experiment `<space name>-train`.
+* A sweep has one experiment per study (named after the study) holding exactly one parent
+  run (tag ``blocksweep.role=parent``), and one child run per trial (``mlflow.parentRunId``
+  set, ``blocksweep.role=trial``), created by whichever process runs that trial.
+* The parent is found, never duplicated: creating the experiment is atomic in MLflow
+  (names are unique), so the process that creates it creates the parent and records the
+  parent's id as an experiment tag; everyone else reads that tag. Resuming a sweep finds
+  the same tag and reuses the same parent run.
+* States are mirrored: completed -> FINISHED, pruned -> KILLED, failed -> FAILED, each with
+  a ``blocksweep.state`` tag and, where there is one, ``blocksweep.reason``.
+
+Everything goes through `MlflowClient` with explicit run ids (no global active run), so
+children can be logged from any thread or process. Each epoch is one `log_batch` call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+import search
+from search.errors import UsageError
+
+STORE = Path("mlruns")  # the project's local store: MLflow's database, artifacts, studies
+# MLflow announces every schema migration of a new SQLite store at INFO; keep the
+# terminal for our own progress display.
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+PARENT_TAG = "blocksweep.parent_run_id"  # experiment tag: the sweep's one parent run
+STATE_TO_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "running": "RUNNING"}
+MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value's length
+BATCH_LIMIT = 100  # MLflow's limit on params per log_batch (metrics: 1000)
+
+
+# --------------------------------------------------------------------------- where
+
+
+def default_tracking_uri(store: Path = STORE) -> str:
+    """sqlite:///<abs path>/mlruns/mlflow.db, or $MLFLOW_TRACKING_URI when set."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store.resolve() / 'mlflow.db'}"
+
+
+def _local_store(uri: str) -> Optional[Path]:
+    """The folder holding a local SQLite database (artifacts go beside it); None for servers."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        db = uri.split("sqlite:///", 1)[-1]
+        return Path(db).resolve().parent if db and db != ":memory:" else None
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path or uri).resolve()
+    return None
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(search.__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment_tags(family: str, backend: str, device: str) -> dict[str, str]:
+    tags = {"blocksweep.model_family": family, "blocksweep.backend": backend,
+            "blocksweep.device": device, "blocksweep.version": search.__version__}
+    commit = _git_commit()
+    if commit:
+        tags["blocksweep.git_commit"] = commit
+    return tags
+
+
+# --------------------------------------------------------------------------- one run
+
+
+class RunLog:
+    """Logging into one existing MLflow run."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), BATCH_LIMIT):
+            self.client.log_batch(self.run_id, params=items[i:i + BATCH_LIMIT])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float], points: Iterable[tuple[int, float]] = ()) -> None:
+        """One epoch's metrics (step = epoch) and the running-loss points (step = batch),
+        in a single call."""
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
+        batch += [Metric("train_loss_window", float(v), now, step) for step, v in points]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_file(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_keras_model(self, model, name: str = "model.keras") -> None:
+        """The model as a `.keras` file under the run's `model/` artifacts."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            model.save(path)
+            self.client.log_artifact(self.run_id, str(path), "model")
+
+    def finish(self, state: str, reason: str = "") -> None:
+        tags = {"blocksweep.state": state}
+        if reason:
+            tags["blocksweep.reason"] = reason[:5000]
+        self.set_tags(tags)
+        self.client.set_terminated(self.run_id, STATE_TO_STATUS[state])
+
+
+def _param_value(value: Any) -> str:
+    text = str(list(value)) if isinstance(value, tuple) else str(value)
+    return text if len(text) <= MAX_PARAM_VALUE else text[: MAX_PARAM_VALUE - 3] + "..."
+
+
+# --------------------------------------------------------------------------- the tracker
+
+
+class Tracker:
+    """An MLflow store: experiments, parent runs, child runs."""
+
+    def __init__(self, uri: Optional[str] = None):
+        self.uri = uri or default_tracking_uri()
+        self.local_store = _local_store(self.uri)
+        if self.local_store is not None:
+            try:
+                self.local_store.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise UsageError(f"--tracking-uri {self.uri}: cannot create {self.local_store} "
+                                 f"({err.strerror})") from None
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    # experiments ---------------------------------------------------------------
+
+    def _artifact_location(self, name: str) -> Optional[str]:
+        if self.local_store is None:
+            return None  # a server decides (and proxies) where artifacts go
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        return (self.local_store / "artifacts" / safe).as_uri()
+
+    def experiment(self, name: str, tags: Optional[dict] = None) -> tuple[str, bool]:
+        """(experiment id, created by this call). Creation is atomic: of several processes
+        racing to create the same name, exactly one gets created=True."""
+        try:
+            exp_id = self.client.create_experiment(name, artifact_location=self._artifact_location(name),
+                                                   tags=tags)
+            return exp_id, True
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(err).lower() \
+                    and "unique constraint" not in str(err).lower():
+                raise self._store_error(err) from None
+        except Exception as err:  # unreachable server, bad database file
+            raise self._store_error(err) from None
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:  # lost a race with a deletion; rare enough to report plainly
+            raise UsageError(f"MLflow experiment {name!r} vanished while being opened; try again")
+        if exp.lifecycle_stage == "deleted":
+            raise UsageError(f"MLflow experiment {name!r} is deleted; restore it "
+                             f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or pick another name")
+        return exp.experiment_id, False
+
+    def _store_error(self, err: Exception) -> UsageError:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+        return UsageError(f"--tracking-uri {self.uri}: cannot use the MLflow store ({first[:300]})")
+
+    # single runs ----------------------------------------------------------------
+
+    def start_run(self, experiment_id: str, name: str, tags: dict[str, Any],
+                  parent_run_id: Optional[str] = None) -> RunLog:
+        tags = dict(tags)
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()})
+        return RunLog(self.client, run.info.run_id)
+
+    def run(self, run_id: str) -> RunLog:
+        return RunLog(self.client, run_id)
+
+    # sweeps ---------------------------------------------------------------------
+
+    def sweep_parent(self, study: str, tags: dict[str, Any], space_text: str,
+                     wait_seconds: float = 30.0) -> tuple[str, str, bool]:
+        """(experiment id, parent run id, created now) for a study's sweep: created once
+        by the process that creates the experiment, found by every other process and by
+        every resumed run. The parent is set RUNNING again on resume."""
+        exp_id, created = self.experiment(study, tags={"blocksweep.study": study})
+        if created:
+            parent = self._create_parent(exp_id, study, tags, space_text)
+            return exp_id, parent, True
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            exp = self.client.get_experiment(exp_id)
+            parent = exp.tags.get(PARENT_TAG)
+            if parent:
+                self.client.update_run(parent, status="RUNNING")
+                self.run(parent).set_tags({"blocksweep.resumed": "true"})
+                return exp_id, parent, False
+            # The creator is between creating the experiment and tagging it, or the
+            # experiment predates any sweep (or its creator died): adopt or create.
+            found = self.client.search_runs([exp_id], "tags.`blocksweep.role` = 'parent'",
+                                            order_by=["attributes.start_time ASC"], max_results=1)
+            if found:
+                parent = found[0].info.run_id
+                self.client.set_experiment_tag(exp_id, PARENT_TAG, parent)
+                continue
+            if time.monotonic() > deadline:
+                parent = self._create_parent(exp_id, study, tags, space_text)
+                return exp_id, parent, True
+            time.sleep(0.5)
+
+    def _create_parent(self, exp_id: str, study: str, tags: dict[str, Any], space_text: str) -> str:
+        run = self.start_run(exp_id, f"sweep-{study}", {**tags, "blocksweep.role": "parent",
+                                                        "blocksweep.study": study})
+        run.log_text(space_text, "space.yaml")
+        self.client.set_experiment_tag(exp_id, PARENT_TAG, run.run_id)
+        return run.run_id
+
+    def start_trial(self, exp_id: str, parent_run_id: str, study: str, number: int,
+                    tags: dict[str, Any]) -> RunLog:
+        return self.start_run(exp_id, f"trial-{number}", {
+            **tags, "blocksweep.role": "trial", "blocksweep.study": study,
+            "blocksweep.trial": number}, parent_run_id=parent_run_id)
+
+    def children(self, exp_id: str, parent_run_id: str, extra_filter: str = "") -> list:
+        """All child runs of a parent (every page)."""
+        query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'" + (f" and {extra_filter}" if extra_filter else "")
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([exp_id], query, run_view_type=ViewType.ACTIVE_ONLY,
+                                           max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def mark_interrupted(self, exp_id: str, parent_run_id: str, trial_key: str, reason: str) -> int:
+        """Mirror a trial whose worker died: its child run (still RUNNING, or FINISHED by a
+        worker killed after logging) becomes FAILED with the reason. Returns runs changed."""
+        changed = 0
+        for run in self.children(exp_id, parent_run_id, f"tags.`blocksweep.trial_key` = '{trial_key}'"):
+            if run.data.tags.get("blocksweep.state") == "failed":
+                continue
+            self.run(run.info.run_id).finish("failed", reason)
+            changed += 1
+        return changed
+
+    def finish_parent(self, parent_run_id: str) -> None:
+        self.client.set_terminated(parent_run_id, "FINISHED")

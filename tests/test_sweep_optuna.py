@@ -1,0 +1,139 @@
+"""Optuna sweeps: pruning, failures, seeds, and a worker killed mid-trial."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import cli_env
+from tests.sweeps import optuna_study, sweep_runs
+
+
+def test_pruner_prunes_a_trial_that_does_not_learn(cli, write_space, tiny_cifar, tracking_uri):
+    space = write_space()
+    common = ["run", space, "--data-dir", tiny_cifar, "--quiet", "--study", "prune", "--pruner", "median",
+              "--set", "train.epochs=4"]
+    assert cli(*common, "--trials", "2", "--set", "train.learning_rate=0.05") == 0
+    assert cli(*common, "--trials", "1", "--set", "train.learning_rate=1e-7") == 0
+    study = optuna_study("prune")
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
+    _, _, children = sweep_runs(tracking_uri, "prune")
+    pruned = [c for c in children if c.data.tags["blocksweep.state"] == "pruned"]
+    assert len(pruned) == 1 and pruned[0].data.metrics["epochs_run"] < 4
+    assert pruned[0].info.status == "KILLED"
+
+
+def test_failing_trials_are_recorded_and_the_sweep_stops_at_max_failures(cli, capsys, write_space, tiny_cifar,
+                                                                        tracking_uri):
+    code = cli("run", write_space(), "--data-dir", tiny_cifar, "--quiet", "--study", "nan", "--trials", "5",
+               "--max-failures", "2", "--set", "train.learning_rate=1e12", "--set", "train.loss_window=1")
+    out = capsys.readouterr().out
+    assert code == 0 and "2 trials failed (--max-failures 2)" in out
+    assert [t.state.name for t in optuna_study("nan").trials] == ["FAIL", "FAIL"]
+    _, _, children = sweep_runs(tracking_uri, "nan")
+    assert len(children) == 2
+    for child in children:
+        assert child.info.status == "FAILED" and "loss became" in child.data.tags["blocksweep.reason"]
+
+
+def test_an_impossible_combination_fails_that_trial_and_the_sweep_goes_on(cli, write_space, tiny_cifar,
+                                                                          tracking_uri):
+    space = write_space("""\
+        name: combo
+        model: {family: vgg, blocks: 1, filters: 4, dense_units: 8}
+        data: {train_size: 300, val_size: 100, test_size: 100, augment: {flip: false, translate: 0}}
+        train: {epochs: 1, batch_size: 50}
+        params:
+          data.train_size: {type: categorical, choices: [300, 950]}
+          data.val_size: {type: categorical, choices: [50, 100]}
+        """, "combo.yaml")
+    # 950 + 100 exceed the 1,000 training images; every other pair fits.
+    assert cli("run", space, "--data-dir", tiny_cifar, "--quiet", "--trials", "4", "--sampler", "grid",
+               "--max-failures", "4") == 0
+    study = optuna_study("combo")
+    states = {(t.params["data.train_size"], t.params["data.val_size"]): t.state.name for t in study.trials}
+    assert states == {(300, 50): "COMPLETE", (300, 100): "COMPLETE", (950, 50): "COMPLETE", (950, 100): "FAIL"}
+    failed = next(t for t in study.trials if t.state.name == "FAIL")
+    assert "exceed the 1000 training images" in failed.user_attrs["fail_reason"]
+    _, _, children = sweep_runs(tracking_uri, "combo")
+    sizes = {c.data.params.get("data.size.train") for c in children if c.data.tags["blocksweep.state"] == "completed"}
+    assert sizes == {"300", "950"}  # each trial trained on its own split
+
+
+def test_same_seed_gives_the_same_sequence_of_trials(cli, write_space, tiny_cifar, tracking_uri):
+    space = write_space()
+    for study in ("seed-a", "seed-b"):
+        assert cli("run", space, "--data-dir", tiny_cifar, "--quiet", "--study", study, "--trials", "3",
+                   "--sampler", "tpe", "--seed", "7", "--set", "train.epochs=1") == 0
+    a = [t.params for t in optuna_study("seed-a").trials]
+    b = [t.params for t in optuna_study("seed-b").trials]
+    assert a == b and len({str(p) for p in a}) == 3
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_kill_9_mid_trial_then_rerun_retries_it_and_keeps_the_rest(workdir, write_space, tiny_cifar, tracking_uri):
+    space = write_space()
+    args = [sys.executable, "-m", "search", "run", str(space), "--data-dir", str(tiny_cifar), "--quiet",
+            "--study", "crash", "--heartbeat", "1", "--set", "train.epochs=8"]
+    worker = subprocess.Popen(args + ["--trials", "3"], cwd=workdir, env=cli_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    client = MlflowClient(tracking_uri)
+    try:
+        def trial_1_running():
+            exp = client.get_experiment_by_name("crash")
+            if exp is None:
+                return None
+            runs = client.search_runs([exp.experiment_id], "tags.`blocksweep.trial` = '1'")
+            # running, and past its first epoch: really in the middle of training
+            return runs and runs[0].info.status == "RUNNING" and client.get_metric_history(
+                runs[0].info.run_id, "val_accuracy")
+
+        wait_for(trial_1_running, 180, "trial 1 to be mid-training")
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+    _, _, before = sweep_runs(tracking_uri, "crash")
+    trial0 = next(c for c in before if c.data.tags["blocksweep.trial"] == "0")
+
+    rerun = subprocess.run(args + ["--trials", "2"], cwd=workdir, env=cli_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+
+    study = optuna_study("crash")
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[0].state.name == "COMPLETE"
+    assert by_number[1].state.name == "FAIL"  # the interrupted trial...
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == 1]
+    assert len(retries) == 1 and retries[0].state.name in ("COMPLETE", "PRUNED")  # ...ran again
+    assert retries[0].params == by_number[1].params
+    assert [t.state.name for t in study.trials].count("COMPLETE") + [t.state.name for t in study.trials].count(
+        "PRUNED") == 3
+
+    _, parents, children = sweep_runs(tracking_uri, "crash")
+    assert len(parents) == 1
+    assert len(children) == len(study.trials)
+    interrupted = next(c for c in children if c.data.tags["blocksweep.trial"] == "1")
+    assert interrupted.info.status == "FAILED"
+    assert "interrupted" in interrupted.data.tags["blocksweep.reason"]
+    retried = next(c for c in children if c.data.tags.get("blocksweep.retry_of") == "1")
+    assert retried.data.tags["blocksweep.state"] in ("completed", "pruned")
+    again0 = next(c for c in children if c.data.tags["blocksweep.trial"] == "0")
+    assert again0.info.run_id == trial0.info.run_id and again0.data.metrics == trial0.data.metrics
