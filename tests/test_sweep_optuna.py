@@ -137,3 +137,12 @@ def test_kill_9_mid_trial_then_rerun_retries_it_and_keeps_the_rest(workdir, writ
     assert retried.data.tags["blocksweep.state"] in ("completed", "pruned")
     again0 = next(c for c in children if c.data.tags["blocksweep.trial"] == "0")
     assert again0.info.run_id == trial0.info.run_id and again0.data.metrics == trial0.data.metrics
+
+
+def test_timeout_bounds_the_invocation(cli, capsys, write_space, tiny_cifar, tracking_uri):
+    # The timeout is checked between trials and the first always starts: a tiny one runs one.
+    assert cli("run", write_space(), "--data-dir", tiny_cifar, "--quiet", "--study", "short", "--trials", "5",
+               "--timeout", "0.001") == 0
+    out = capsys.readouterr().out
+    assert "stopped: --timeout 0.001s reached" in out
+    assert len(optuna_study("short").trials) == 1

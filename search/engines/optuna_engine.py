@@ -313,7 +313,9 @@ class OptunaEngine:
         """Under the study lock: ask for a trial, or say why this worker stops."""
         o = sweep.options
         while True:
-            if o.timeout is not None and time.monotonic() - started >= o.timeout:
+            # As Optuna's optimize: the timeout is checked between trials (a running trial
+            # is never cut short), and the first trial always starts.
+            if o.timeout is not None and ran and time.monotonic() - started >= o.timeout:
                 return None, f"--timeout {o.timeout:g}s reached"
             if o.trials is not None and ran >= o.trials:
                 return None, ""
