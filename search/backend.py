@@ -66,8 +66,21 @@ def select(requested: str | None) -> str:
                 f"cannot switch to {name!r} in the same process"
             )
     os.environ["KERAS_BACKEND"] = name
+    if name != "tensorflow":
+        _hide_tensorflow_from_keras()
     return name
 
+
+def _hide_tensorflow_from_keras() -> None:
+    """Keras imports TensorFlow whenever it is installed, whatever the backend: to seed
+    tf.data in `set_random_seed` and to recognise tf.TensorShape when saving a model. On
+    the JAX and torch backends that import costs seconds and memory, and the GPU image has
+    no TensorFlow, so tell Keras's lazy `tf` handle that it is absent (private attribute;
+    tests/test_backend_jax.py catches any import attempt if Keras changes)."""
+    import keras  # noqa: F401 - the backend is set above, before this first import
+    from keras.src.utils import module_utils
+
+    module_utils.tensorflow._available = False
 
 def device_kind() -> str:
     """'gpu' or 'cpu' for the current backend (used for tags and mixed precision)."""
