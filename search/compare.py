@@ -58,6 +58,7 @@ class Comparison:
     runs: pd.DataFrame  # every trial run, ranked ones first, with a `rank` column
     repeats: pd.DataFrame  # runs logged by `--repeat` (role=repeat), not trials
     notes: list[str] = field(default_factory=list)
+    importances: dict = field(default_factory=dict)  # study -> {"method": ..., "values": {...}}
 
     @property
     def ranked(self) -> pd.DataFrame:
@@ -197,7 +198,9 @@ def rank(frame: pd.DataFrame, column: str, goal: str) -> pd.DataFrame:
     ok = (frame["state"] == "completed") & value.notna() & np.isfinite(value.astype(float))
     ascending = goal == "minimize"
     ranked = frame[ok].assign(_value=value[ok].astype(float))
-    ranked = ranked.sort_values(["_value", "start_time"], ascending=[ascending, True], kind="mergesort")
+    # Equal start times (same millisecond) fall back to study and trial, so the order is total.
+    ranked = ranked.sort_values(["_value", "start_time", "study", "trial"], ascending=[ascending, True, True, True],
+                                kind="mergesort")
     ranked["rank"] = ranked["_value"].rank(method="min", ascending=ascending).astype("Int64")
     rest = frame[~ok].sort_values(["study", "trial"], kind="mergesort").assign(rank=pd.NA)
     rest["rank"] = rest["rank"].astype("Int64")
@@ -257,6 +260,7 @@ def draw_figures(tracker, comparison: Comparison, out: Path, top: int,
         except ValueError as err:
             comparison.notes.append(f"importances of {study.study}: {err}")
             continue
+        comparison.importances[study.study] = {"method": method, "values": values}
         path = plots.importances(values, out / f"importance_{_safe(study.study)}.png",
                                  title=f"{study.study}: parameter importance for {metric}\n{method}")
         written.append((path, [study]))
@@ -301,7 +305,8 @@ def render(comparison: Comparison, fmt: str, top: int, figures: list[Path], repe
     """The comparison as text in `fmt`. csv and json hold every run (they are for
     programs); table, markdown and html show the top `top` of each section."""
     if fmt == "csv":
-        return comparison.runs.drop(columns=["start_time"]).to_csv(index=False)
+        runs = comparison.runs.drop(columns=["start_time"])
+        return runs[["rank", *[c for c in runs.columns if c != "rank"]]].to_csv(index=False)
     if fmt == "json":
         return json.dumps(summary(comparison, figures, repeats), indent=2, default=str)
     parts = []
@@ -338,7 +343,7 @@ def summary(comparison: Comparison, figures: list[Path], repeats=None) -> dict:
             "studies": [{"study": s.study, "engine": s.parent.tags.get("blocksweep.engine"),
                          "experiment_id": s.experiment_id, "parent_run_id": s.parent.run_id} for s in c.studies],
             "ranked": _records(c.ranked), **{state: _records(c.unranked(state)) for state in STATES},
-            "figures": [str(p) for p in figures], "notes": c.notes,
+            "figures": [str(p) for p in figures], "importances": c.importances, "notes": c.notes,
             "repeats": _records(repeats) if repeats is not None else None}
 
 
@@ -399,9 +404,10 @@ def compare(studies: Optional[list[str]] = None, *, experiment: Optional[str] = 
             metric: Optional[str] = None, fmt: str = "table", out: str | Path = DEFAULT_OUT,
             tracking_uri: Optional[str] = None, storage: Optional[str] = None, repeat: Optional[int] = None,
             repeat_top: int = 3, data_dir: Optional[str] = None, backend_name: Optional[str] = None,
-            quiet: bool = False) -> Report:
+            figures: bool = True, quiet: bool = False) -> Report:
     """`blocksweep compare`: read, rank, draw (and with `repeat`, retrain the leaders).
-    Writes the figures and the rendered comparison (`ranking.<ext>`) into `out`."""
+    Writes the figures (unless `figures` is False) and the rendered comparison
+    (`ranking.<ext>`) into `out`."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if top < 1:
@@ -418,14 +424,18 @@ def compare(studies: Optional[list[str]] = None, *, experiment: Optional[str] = 
 
     tracker = Tracker(tracking_uri)
     comparison = read(tracker, studies, experiment, metric)
-    figures = draw_figures(tracker, comparison, out, top, storage)
+    if figures:
+        drawn = draw_figures(tracker, comparison, out, top, storage)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        drawn = []
     repeats = None
     if repeat is not None:
         from search.repeat import repeat_leaders
 
         repeats = repeat_leaders(tracker, comparison, repeat, repeat_top, data_dir=data_dir,
                                  backend_name=backend_name, quiet=quiet)
-    text = render(comparison, fmt, top, figures, repeats)
+    text = render(comparison, fmt, top, drawn, repeats)
     ext = {"table": "txt", "markdown": "md"}.get(fmt, fmt)
     (out / f"ranking.{ext}").write_text(text)
-    return Report(text=text, summary=summary(comparison, figures, repeats), out=out)
+    return Report(text=text, summary=summary(comparison, drawn, repeats), out=out)

@@ -62,8 +62,9 @@ def choose_run(tracker, study: Optional[str], run_id: Optional[str]):
         comparison = read(tracker, [study])
         top = best(comparison)
         if top is None:
-            states = comparison.runs["state"].value_counts().to_dict()
-            seen = ", ".join(f"{n} {s}" for s, n in states.items()) or "no trials"
+            states = comparison.runs["state"].value_counts()
+            seen = ", ".join(f"{states[s]} {s}" for s in ("completed", "pruned", "failed", "running")
+                             if s in states) or "no trials"
             raise UsageError(f"--study {study}: no completed trial to export ({seen})")
         run = tracker.get_run(top["run_id"])
         source = f"study {study} trial {top['trial']}"
@@ -120,6 +121,8 @@ def export(*, study: Optional[str] = None, run_id: Optional[str] = None, out: st
         if fmt == "savedmodel":
             model.export(str(stage / "saved_model"), format="tf_saved_model", verbose=False)
         elif fmt == "onnx":
+            # Keras's ONNX exporter refuses a model that was never called (a freshly loaded one).
+            model(np.zeros((1, *prep["input_shape"]), dtype="float32"))
             model.export(str(stage / "model.onnx"), format="onnx", verbose=False)
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():

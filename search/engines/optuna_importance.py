@@ -33,12 +33,15 @@ def param_importances(study: str, storage: Optional[str] = None) -> dict[str, fl
     Raises LookupError when the storage has no such study and ValueError when its trials
     cannot give importances (fewer than two completed trials, or no parameter they share).
     """
+    url = storage_url(storage)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise LookupError(f"no Optuna storage at {url}")  # opening it would create one
     try:
-        loaded = optuna.load_study(study_name=study, storage=storage_url(storage))
+        loaded = optuna.load_study(study_name=study, storage=url)
     except KeyError:
-        raise LookupError(f"no Optuna study {study!r} in {storage_url(storage)}") from None
+        raise LookupError(f"no Optuna study {study!r} in {url}") from None
     except Exception as err:  # a storage that cannot be opened (bad URL, no server)
-        raise LookupError(f"cannot open {storage_url(storage)} ({err.__class__.__name__})") from None
+        raise LookupError(f"cannot open {url} ({err.__class__.__name__})") from None
     completed = loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(completed) < 2:
         raise ValueError(f"{len(completed)} completed trial(s); importances need at least 2")
