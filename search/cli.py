@@ -188,8 +188,9 @@ def cmd_export(args) -> int:
 
     s = export(study=args.study, run_id=args.run, out=args.out, fmt=args.format, register=args.register,
                tracking_uri=args.tracking_uri, backend_name=args.backend)
-    line = (f"exported {s['source']} (run {s['run_id']}, {s['metric']} {s['objective']:.4f} at epoch "
-            f"{s['best_epoch']}) to {s['out']}: {', '.join(s['files'])}")
+    value = f"{s['objective']:.4f}" if s["objective"] is not None else "n/a"
+    line = (f"exported {s['source']} (run {s['run_id']}, {s['metric']} {value} at epoch {s['best_epoch']}) "
+            f"to {s['out']}: {', '.join(s['files'])}")
     if s.get("registered"):
         line += f"; registered {s['registered']['name']} version {s['registered']['version']} as 'champion'"
     _print(args, s, line)

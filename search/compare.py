@@ -153,8 +153,11 @@ def read(tracker, studies: Optional[list[str]] = None, experiment: Optional[str]
     goal, column, metric = _ranking_metric(found, metric)
     extra = (column,) if column not in RESULTS else ()
     rows, repeat_rows, params = [], [], []
+    experiments: dict[str, list] = {}  # several sweeps of one --experiment are read once
     for study in found:
-        for run in tracker.experiment_runs(study.experiment_id):
+        if study.experiment_id not in experiments:
+            experiments[study.experiment_id] = tracker.experiment_runs(study.experiment_id)
+        for run in experiments[study.experiment_id]:
             if run.parent_id != study.parent.run_id:
                 continue
             if run.role == "trial":
@@ -237,9 +240,9 @@ def draw_figures(tracker, comparison: Comparison, out: Path, top: int,
                                 title=f"top {len(leaders)} by {comparison.metric}")
         written.append((path, everyone))
 
-    by_study = [(s.study, objective_of(s.parent)[0], runs[runs["study"] == s.study]) for s in everyone]
-    if any(not part.empty for _, _, part in by_study):
-        written.append((plots.objective_by_trial(by_study, metric, out / "objective_by_trial.png"), everyone))
+    by_study = [(s.study, *objective_of(s.parent), runs[runs["study"] == s.study]) for s in everyone]
+    if any(not part.empty for *_, part in by_study):
+        written.append((plots.objective_by_trial(by_study, out / "objective_by_trial.png"), everyone))
 
     completed = runs[runs["rank"].notna()]
     if len(completed) >= 2 and comparison.params:
@@ -303,37 +306,35 @@ def sections(comparison: Comparison, top: Optional[int]) -> list[tuple[str, pd.D
 
 def render(comparison: Comparison, fmt: str, top: int, figures: list[Path], repeats=None) -> str:
     """The comparison as text in `fmt`. csv and json hold every run (they are for
-    programs); table, markdown and html show the top `top` of each section."""
+    programs); table, markdown and html show the top `top` of each section, and markdown
+    and html show the figures too (by file name: the ranking file sits beside them)."""
     if fmt == "csv":
         runs = comparison.runs.drop(columns=["start_time"])
         return runs[["rank", *[c for c in runs.columns if c != "rank"]]].to_csv(index=False)
     if fmt == "json":
         return json.dumps(summary(comparison, figures, repeats), indent=2, default=str)
-    parts = []
+    blocks = []
     for title, frame, total in sections(comparison, top):
-        more = f" (top {len(frame)} of {total})" if len(frame) < total else f" ({total})"
-        if fmt == "markdown":
-            parts.append(f"## {title}{more}\n\n{_markdown(frame)}")
-        elif fmt == "html":
-            parts.append(f"<h2>{_html_escape(title)}{more}</h2>\n{frame.to_html(index=False, na_rep='', float_format=_fmt)}")
-        else:
-            parts.append(f"{title}{more}:\n{_table(frame)}")
+        blocks.append((title + (f" (top {len(frame)} of {total})" if len(frame) < total else f" ({total})"), frame))
     if repeats is not None and not repeats.empty:
-        title = "Repeats: mean over seeds, 95% confidence interval, paired t-test against the best"
-        if fmt == "markdown":
-            parts.append(f"## {title}\n\n{_markdown(repeats)}")
-        elif fmt == "html":
-            parts.append(f"<h2>{_html_escape(title)}</h2>\n{repeats.to_html(index=False, na_rep='', float_format=_fmt)}")
-        else:
-            parts.append(f"{title}:\n{_table(repeats)}")
+        blocks.append(("Repeats: mean over seeds, 95% confidence interval, paired t-test against the best", repeats))
     tail = [f"ties share a rank; the earlier run is listed first. Figures: {', '.join(map(str, figures)) or 'none'}"]
     tail += [f"note: {n}" for n in comparison.notes]
     if fmt == "markdown":
+        parts = [f"## {title}\n\n{_markdown(frame)}" for title, frame in blocks]
+        parts += ["\n".join(f"![{f.stem}]({f.name})" for f in figures)] if figures else []
         parts.append("\n".join(f"- {t}" for t in tail))
     elif fmt == "html":
-        parts.append("".join(f"<p>{_html_escape(t)}</p>\n" for t in tail))
+        from html import escape
+
+        body = [f"<h2>{escape(title)}</h2>\n{frame.to_html(index=False, na_rep='', float_format=_fmt)}"
+                for title, frame in blocks]
+        body += [f'<img src="{escape(f.name)}" alt="{escape(f.stem)}">' for f in figures]
+        body += [f"<p>{escape(t)}</p>" for t in tail]
+        return ('<!doctype html>\n<html><head><meta charset="utf-8"><title>blocksweep compare</title></head>\n'
+                "<body>\n" + "\n".join(body) + "\n</body></html>\n")
     else:
-        parts.append("\n".join(tail))
+        parts = [f"{title}:\n{_table(frame)}" for title, frame in blocks] + ["\n".join(tail)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -342,7 +343,8 @@ def summary(comparison: Comparison, figures: list[Path], repeats=None) -> dict:
     return {"metric": c.metric, "goal": c.goal,
             "studies": [{"study": s.study, "engine": s.parent.tags.get("blocksweep.engine"),
                          "experiment_id": s.experiment_id, "parent_run_id": s.parent.run_id} for s in c.studies],
-            "ranked": _records(c.ranked), **{state: _records(c.unranked(state)) for state in STATES},
+            "ranked": _records(c.ranked), "no_value": _records(c.unranked("completed")),
+            **{state: _records(c.unranked(state)) for state in STATES[1:]},
             "figures": [str(p) for p in figures], "importances": c.importances, "notes": c.notes,
             "repeats": _records(repeats) if repeats is not None else None}
 
@@ -382,12 +384,6 @@ def _markdown(frame: pd.DataFrame) -> str:
     body = ["| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |"
             for row in frame.itertuples(index=False)]
     return "\n".join([head, rule, *body])
-
-
-def _html_escape(text: str) -> str:
-    import html
-
-    return html.escape(text)
 
 
 # --------------------------------------------------------------------------- the command

@@ -65,14 +65,14 @@ def top_curves(series: Sequence[tuple[str, list, list]], metric: str, train_metr
     return _save(fig, path)
 
 
-def objective_by_trial(studies: Sequence[tuple[str, str, "object"]], metric: str, path: str | Path) -> Path:
+def objective_by_trial(studies: Sequence[tuple[str, str, str, "object"]], path: str | Path) -> Path:
     """Objective against trial number, one panel per study: completed trials as dots,
     pruned ones as grey crosses (their best value before they stopped), and the
-    best-so-far line over the completed trials. `studies`: (name, goal, DataFrame with
-    trial, state, objective columns)."""
+    best-so-far line over the completed trials. `studies`: (name, goal, metric, DataFrame
+    with trial, state, objective columns)."""
     plt = _pyplot()
     fig, axes = plt.subplots(len(studies), 1, figsize=(9, 3.2 * len(studies)), squeeze=False)
-    for ax, (name, goal, runs) in zip(axes[:, 0], studies):
+    for ax, (name, goal, metric, runs) in zip(axes[:, 0], studies):
         runs = runs.sort_values("trial")
         done = runs[(runs["state"] == "completed") & runs["objective"].notna()]
         pruned = runs[(runs["state"] == "pruned") & runs["objective"].notna()]

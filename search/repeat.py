@@ -134,12 +134,15 @@ def _train(tracker, comparison, todo, data_dir, backend_name, quiet) -> dict[tup
 
 
 def _value_for(comparison, result) -> float:
-    """The repeat's value of what the comparison ranks by (the objective, or --metric)."""
+    """The repeat's value of what the comparison ranks by: the objective, or the --metric
+    as the trials logged it (a per-epoch metric by its last epoch, as MLflow keeps it)."""
     if comparison.column == "objective":
         return float(result.objective)
-    return float({**result.test, "train_seconds": result.train_seconds, "epochs_run": result.epochs_run,
-                  "best_epoch": result.best_epoch,
-                  "images_per_second": result.images_per_second}.get(comparison.column, math.nan))
+    final = {**(result.history[-1] if result.history else {}), **result.test, "best_epoch": result.best_epoch,
+             "train_seconds": result.train_seconds, "epochs_run": result.epochs_run,
+             "images_per_second": result.images_per_second}
+    value = final.get(comparison.column)
+    return math.nan if value is None else float(value)
 
 
 def summarize(rows: pd.DataFrame, goal: str) -> pd.DataFrame:

@@ -51,7 +51,7 @@ def test_missing_values_pruned_failed_and_running_runs_are_listed_apart(cli, cap
         Trial(state="pruned", objective=0.9), Trial(state="failed"), Trial(state="running", objective=0.95)])
     out = compare_json(cli, capsys, "--study", "mixed", "--out", tmp_path / "o", "--no-figures")
     assert trials_of(out["ranked"]) == [0]  # the better pruned and running runs do not win
-    assert trials_of(out["completed"]) == [1, 2]  # completed, but no finite objective
+    assert trials_of(out["no_value"]) == [1, 2]  # completed, but no finite objective
     assert trials_of(out["pruned"]) == [3] and trials_of(out["failed"]) == [4] and trials_of(out["running"]) == [5]
     assert out["failed"][0]["reason"] == "failed on purpose"
     assert cli("compare", "--study", "mixed", "--out", tmp_path / "o", "--no-figures") == 0
@@ -143,7 +143,7 @@ def test_after_a_real_sweep_the_ranking_agrees_with_optuna_and_uses_its_importan
     assert out["ranked"][0]["run_id"] == parent.data.tags["blocksweep.best_run_id"]
     values = [r["objective"] for r in out["ranked"]]
     assert values == sorted(values, reverse=True)
-    assert sum(len(out[k]) for k in ("ranked", "completed", "pruned", "failed", "running")) == 4
+    assert sum(len(out[k]) for k in ("ranked", "no_value", "pruned", "failed", "running")) == 4
     assert out["importances"][tiny_sweep.study]["method"].startswith("Optuna fANOVA")
     assert cli(*["compare", *args]) == 0  # the table: the best run's row comes first
     rows = [line for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
@@ -183,6 +183,6 @@ def test_repeat_retrains_the_leaders_with_seeds_under_the_parent_and_tests_them(
     pairs = ([values[other["trial"], s] for s in (1, 2)], [values[best["trial"], s] for s in (1, 2)])
     p = stats.ttest_rel(*pairs).pvalue
     assert (other["p_vs_best"] is None and math.isnan(p)) or other["p_vs_best"] == pytest.approx(p)
-    assert sum(len(out[k]) for k in ("ranked", "completed", "pruned", "failed", "running")) == 4  # not trials
+    assert sum(len(out[k]) for k in ("ranked", "no_value", "pruned", "failed", "running")) == 4  # not trials
     compare_json(cli, capsys, *args)  # the same command again reuses the completed repeats
     assert len(client.search_runs([exp.experiment_id], "tags.`blocksweep.role` = 'repeat'")) == 4
