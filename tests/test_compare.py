@@ -72,7 +72,7 @@ def test_studies_of_both_engines_rank_together_with_the_union_of_their_parameter
     assert [(r["study"], r["engine"], r["trial"]) for r in out["ranked"]] == [
         ("opt", "optuna", 1), ("kt", "kerastuner", 0), ("opt", "optuna", 0)]
     assert out["ranked"][1]["model.filters"] == 16 and out["ranked"][1]["train.learning_rate"] is None
-    everything = compare_json(cli, capsys, "--out", tmp_path / "o", "--no-figures")  # no --study: every sweep in the store
+    everything = compare_json(cli, capsys, "--out", tmp_path / "o", "--no-figures")  # no --study: every sweep
     assert [r["run_id"] for r in everything["ranked"]] == [r["run_id"] for r in out["ranked"]]
 
 
