@@ -96,6 +96,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=_positive_float, default=10.0,
                    help="seconds between a running trial's heartbeats; a trial silent for 3x this is retried")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compare", parents=[_common(training=False)],
+                       help="rank the trials of one or more sweeps, draw why, optionally retrain the leaders")
+    p.add_argument("--study", action="append", metavar="NAME", help="a study to compare (repeatable; default: all)")
+    p.add_argument("--experiment", help="compare every sweep in this MLflow experiment")
+    p.add_argument("--top", type=_positive_int, default=10, help="rows shown per list and runs in the curves plot")
+    p.add_argument("--metric", help="rank by this metric instead of the studies' objective (e.g. test_accuracy)")
+    p.add_argument("--format", choices=("table", "csv", "markdown", "json", "html"), default="table")
+    p.add_argument("--out", default="compare", help="folder for the figures and the ranking file (default: compare)")
+    p.add_argument("--storage", help="Optuna storage URL, for importances (default: sqlite:///mlruns/optuna.db)")
+    p.add_argument("--no-figures", action="store_true", help="rank only: draw and log no figures")
+    p.add_argument("--repeat", type=int, metavar="K", help="retrain the top configurations with K seeds each")
+    p.add_argument("--repeat-top", type=_positive_int, default=3, metavar="N",
+                   help="how many configurations --repeat retrains (default 3)")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="Keras backend for --repeat")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", parents=[_common(data=False, training=False)],
+                       help="export the best trial's model (best epoch) with what it needs to run")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--study", help="export the best completed trial of this study")
+    which.add_argument("--run", metavar="RUN_ID", help="export this run's model")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (created; must be empty)")
+    p.add_argument("--format", choices=("keras", "savedmodel", "onnx"), default="keras",
+                   help="also write a TF SavedModel or an ONNX file (model.keras is always written)")
+    p.add_argument("--register", metavar="MODEL_NAME",
+                   help="register in the MLflow Model Registry and set the alias 'champion'")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="Keras backend (savedmodel needs tensorflow)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", parents=[_common(data=False, training=False)],
+                       help="classify PNG/JPEG images with an exported model")
+    p.add_argument("--model", required=True, metavar="DIR", help="a folder written by `blocksweep export`")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--backend", choices=BACKENDS, default=None)
+    p.set_defaults(func=cmd_predict)
     return parser
 
 
@@ -133,6 +169,40 @@ def cmd_run(args) -> int:
 
     metric = load_spec(args.space, None).file.objective.metric if not args.json else ""
     _print(args, asdict(summary), summary.line(metric))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from search.compare import compare
+
+    report = compare(args.study, experiment=args.experiment, top=args.top, metric=args.metric,
+                     fmt="json" if args.json else args.format, out=args.out, tracking_uri=args.tracking_uri,
+                     storage=args.storage, repeat=args.repeat, repeat_top=args.repeat_top, data_dir=args.data_dir,
+                     backend_name=args.backend, figures=not args.no_figures, quiet=args.quiet)
+    print(report.text, end="")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from search.export import export
+
+    s = export(study=args.study, run_id=args.run, out=args.out, fmt=args.format, register=args.register,
+               tracking_uri=args.tracking_uri, backend_name=args.backend)
+    value = f"{s['objective']:.4f}" if s["objective"] is not None else "n/a"
+    line = (f"exported {s['source']} (run {s['run_id']}, {s['metric']} {value} at epoch {s['best_epoch']}) "
+            f"to {s['out']}: {', '.join(s['files'])}")
+    if s.get("registered"):
+        line += f"; registered {s['registered']['name']} version {s['registered']['version']} as 'champion'"
+    _print(args, s, line)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from search.export import predict
+
+    rows = predict(args.model, args.images, backend_name=args.backend)
+    lines = "\n".join(f"{r['image']}: {r['label']} ({r['probability']:.3f})" for r in rows)
+    _print(args, rows, lines)
     return 0
 
 

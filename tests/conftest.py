@@ -173,3 +173,25 @@ def cli(workdir):
         return main([str(a) for a in args])
 
     return call
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory, tiny_cifar, _mlflow_template):
+    """A finished Optuna sweep of TINY_SPACE (4 trials, every model kept) in a store of its
+    own, shared by the compare and export tests (they add runs and artifacts beside the
+    trials, never change them). Namespace: root, tracking_uri, storage, study, data."""
+    from types import SimpleNamespace
+
+    from search.cli import main
+
+    root = tmp_path_factory.mktemp("tiny_sweep")
+    (root / "mlruns").mkdir()
+    shutil.copy(_mlflow_template, root / "mlruns" / "mlflow.db")
+    (root / "tiny.yaml").write_text(TINY_SPACE)
+    sweep = SimpleNamespace(root=root, tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+                            storage=f"sqlite:///{root / 'mlruns' / 'optuna.db'}", study="shared", data=tiny_cifar)
+    code = main(["run", str(root / "tiny.yaml"), "--data-dir", str(tiny_cifar), "--trials", "4", "--study", sweep.study,
+                 "--seed", "1", "--keep-models", "all", "--tracking-uri", sweep.tracking_uri,
+                 "--storage", sweep.storage, "--quiet"])
+    assert code == 0
+    return sweep

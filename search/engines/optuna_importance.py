@@ -1,0 +1,52 @@
+"""Parameter importances of an Optuna study, by Optuna's own evaluators (for `compare`).
+
+Only `search/engines/*` imports optuna, so `compare` asks here. The study is loaded from
+its storage (the same `--storage` as `blocksweep run`), and the importances are those of
+Optuna's fANOVA evaluator (a random forest over the completed trials' parameters, the
+variance of the objective each parameter explains; seeded, so reruns agree). Parameters
+that only some trials have (conditional, or per-block beyond the smallest block count)
+are left out, as Optuna does by default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import optuna
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+METHOD = "Optuna fANOVA (seed 0)"
+DEFAULT_STORAGE_FILE = Path("mlruns") / "optuna.db"  # the same default as optuna_engine.storage_url
+
+
+def storage_url(url: Optional[str]) -> str:
+    """The study storage `blocksweep run` uses. Not imported from optuna_engine: that module
+    imports the trainer, and with it Keras and TensorFlow (9 s), which compare never needs."""
+    return url or f"sqlite:///{DEFAULT_STORAGE_FILE.resolve()}"
+
+
+def param_importances(study: str, storage: Optional[str] = None) -> dict[str, float]:
+    """{parameter name: importance}, summing to 1, for the completed trials of `study`.
+
+    Raises LookupError when the storage has no such study and ValueError when its trials
+    cannot give importances (fewer than two completed trials, or no parameter they share).
+    """
+    url = storage_url(storage)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise LookupError(f"no Optuna storage at {url}")  # opening it would create one
+    try:
+        loaded = optuna.load_study(study_name=study, storage=url)
+    except KeyError:
+        raise LookupError(f"no Optuna study {study!r} in {url}") from None
+    except Exception as err:  # a storage that cannot be opened (bad URL, no server)
+        raise LookupError(f"cannot open {url} ({err.__class__.__name__})") from None
+    completed = loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(completed) < 2:
+        raise ValueError(f"{len(completed)} completed trial(s); importances need at least 2")
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    try:
+        return dict(optuna.importance.get_param_importances(loaded, evaluator=evaluator, normalize=True))
+    except (ValueError, RuntimeError) as err:  # e.g. no parameter common to all trials
+        raise ValueError(str(err).strip().splitlines()[0]) from None

@@ -1,0 +1,237 @@
+"""`blocksweep export` and `predict`: the exported folder, the best epoch's weights, a
+round trip through a fresh process, predictions on PNG/JPEG files, the registry alias,
+the other formats, and one clear line for what cannot be exported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import cli_env
+from tests.layout import Trial, make_study
+
+FILES = ["config.yaml", "labels.txt", "metrics.json", "model.keras", "model.weights.h5", "preprocessing.json"]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_sweep, tmp_path_factory) -> dict:
+    """The shared sweep's best trial, exported once (the summary `export` returns)."""
+    from search.export import export
+
+    return export(study=tiny_sweep.study, out=tmp_path_factory.mktemp("export") / "best",
+                  tracking_uri=tiny_sweep.tracking_uri)
+
+
+def logged_model(tiny_sweep, run_id: str, where: Path):
+    import keras
+
+    path = MlflowClient(tiny_sweep.tracking_uri).download_artifacts(run_id, "model/model.keras", str(where))
+    return keras.models.load_model(path, safe_mode=True)
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("blocksweep: error:"), err
+    return err
+
+
+def test_export_writes_the_best_trial_with_its_config_constants_labels_and_metrics(exported, tiny_sweep,
+                                                                                    tmp_path):
+    client = MlflowClient(tiny_sweep.tracking_uri)
+    parent = client.get_run(client.get_experiment_by_name(tiny_sweep.study).tags["blocksweep.parent_run_id"])
+    run = client.get_run(exported["run_id"])
+    folder = Path(exported["out"])
+    assert exported["run_id"] == parent.data.tags["blocksweep.best_run_id"]  # the best completed trial
+    assert sorted(p.name for p in folder.iterdir()) == FILES
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["run_id"] == run.info.run_id and metrics["objective"] == run.data.metrics["objective"]
+    assert metrics["best_epoch"] == int(run.data.metrics["best_epoch"]) and metrics["metric"] == "val_accuracy"
+    prep = json.loads((folder / "preprocessing.json").read_text())
+    assert prep == json.loads(Path(client.download_artifacts(run.info.run_id, "preprocessing.json",
+                                                             str(tmp_path))).read_text())
+    assert len(prep["mean"]) == len(prep["std"]) == 3 and prep["input_shape"] == [32, 32, 3]
+    assert (folder / "labels.txt").read_text().splitlines() == prep["label_names"]
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert str(config["train"]["learning_rate"]) == run.data.params["train.learning_rate"]
+
+
+def test_the_exported_model_round_trips_in_a_fresh_process(exported, tiny_sweep, tmp_path):
+    x = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent("""
+        import json, sys
+        import keras, numpy as np, yaml
+        from search.config import run_config_from_dict
+        from search.models import build_model
+        folder, x = sys.argv[1], np.load(sys.argv[2])
+        model = keras.models.load_model(f"{folder}/model.keras", safe_mode=True)
+        np.save(sys.argv[3], model.predict(x, verbose=0))
+        # the weights file and the config alone rebuild the same network
+        config = run_config_from_dict(yaml.safe_load(open(f"{folder}/config.yaml")))
+        prep = json.load(open(f"{folder}/preprocessing.json"))
+        net = build_model(config.model, tuple(prep["input_shape"]), len(prep["label_names"]))
+        net.load_weights(f"{folder}/model.weights.h5")
+        np.save(sys.argv[4], net.predict(x, verbose=0))
+        """)
+    subprocess.run([sys.executable, "-c", script, exported["out"], tmp_path / "x.npy", tmp_path / "keras.npy",
+                    tmp_path / "weights.npy"], env=cli_env(KERAS_BACKEND="tensorflow"), check=True, timeout=180)
+    expected = logged_model(tiny_sweep, exported["run_id"], tmp_path).predict(x, verbose=0)
+    np.testing.assert_allclose(np.load(tmp_path / "keras.npy"), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "weights.npy"), expected, rtol=0, atol=1e-6)
+
+
+def test_the_export_holds_the_best_epochs_weights_not_the_last(cli, capsys, write_space, tiny_cifar, tracking_uri,
+                                                               tmp_path):
+    import keras
+
+    from search.config import run_config_from_dict
+    from search.data import load_cifar10, prepare
+
+    # The learning rate x30 from the third epoch on: the model collapses after epoch 2.
+    assert cli("train", write_space(), "--data-dir", tiny_cifar, "--quiet", "--set", "train.epochs=3",
+               "--set", "train.schedule={kind: step, drop_epochs: [2], drop_factor: 30}") == 0
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny-train").experiment_id])
+    metrics = run.data.metrics
+    last = max(client.get_metric_history(run.info.run_id, "val_accuracy"), key=lambda m: m.step).value
+    assert metrics["best_epoch"] < metrics["epochs_run"] and last != metrics["objective"]  # the premise
+    capsys.readouterr()
+    assert cli("export", "--run", run.info.run_id, "--out", tmp_path / "out") == 0
+    folder = tmp_path / "out"
+    config = run_config_from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
+    splits = prepare(load_cifar10(tiny_cifar), config.data)  # the run's own validation split
+    model = keras.models.load_model(folder / "model.keras", safe_mode=True)
+    accuracy = float(np.mean(model.predict(splits.x_val, verbose=0).argmax(axis=1) == splits.y_val))
+    assert accuracy == pytest.approx(metrics["objective"], abs=1e-6)
+
+
+def test_predict_classifies_png_and_jpeg_files_resizing_where_needed(cli, capsys, exported, tiny_sweep, tmp_path):
+    from PIL import Image
+
+    from search.data import load_cifar10
+
+    images = load_cifar10(tiny_sweep.data).x_test
+    files = [tmp_path / "a.png", tmp_path / "b.jpg", tmp_path / "c.png"]
+    Image.fromarray(images[0]).save(files[0])
+    Image.fromarray(images[1]).save(files[1], quality=95)
+    Image.fromarray(images[2]).resize((64, 48), Image.Resampling.NEAREST).save(files[2])  # not 32x32
+    assert cli("predict", "--model", exported["out"], *files, "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    # What predict must do: RGB, Pillow resize to 32x32, the run's constants, the run's model.
+    prep = json.loads((Path(exported["out"]) / "preprocessing.json").read_text())
+    model = logged_model(tiny_sweep, exported["run_id"], tmp_path / "logged")
+    for path, row in zip(files, rows):
+        image = Image.open(path).convert("RGB")
+        if image.size != (32, 32):
+            image = image.resize((32, 32), Image.Resampling.LANCZOS)
+        x = (np.asarray(image, np.float32) - np.asarray(prep["mean"], np.float32)) / np.asarray(prep["std"], np.float32)
+        p = model.predict(x[None], verbose=0)[0]
+        assert row["image"] == str(path) and row["label"] == prep["label_names"][int(p.argmax())]
+        assert row["probability"] == pytest.approx(float(p.max()), abs=1e-5)
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert cli("predict", "--model", exported["out"], *files) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[0] for line in lines] == [str(f) for f in files]
+    assert lines[0].split(": ")[1].startswith(rows[0]["label"] + " (")
+
+
+@pytest.mark.parametrize("make,words", [
+    (None, ["missing.png: no such image file"]),
+    (lambda p: p.write_text("not an image"), ["not a readable PNG or JPEG image"]),
+    (lambda p: __import__("PIL.Image").Image.new("RGB", (8, 8)).save(p, format="GIF"), ["a GIF image", "PNG and JPEG"]),
+    (lambda p: p.mkdir(), ["is a folder"]),
+])
+def test_predict_refuses_bad_image_files_in_one_line(cli, capsys, exported, tmp_path, make, words):
+    path = tmp_path / "missing.png"
+    if make is not None:
+        make(path)
+    assert cli("predict", "--model", exported["out"], path) == 2
+    err = one_line_error(capsys)
+    for word in words:
+        assert word in err
+
+
+def test_predict_refuses_a_folder_that_is_not_an_export(cli, capsys, tmp_path):
+    (tmp_path / "x.png").write_bytes(b"")
+    assert cli("predict", "--model", tmp_path, tmp_path / "x.png") == 2
+    assert "not an export folder" in one_line_error(capsys)
+
+
+def test_register_versions_the_model_with_a_signature_and_the_champion_alias(cli, capsys, tiny_sweep, tmp_path):
+    import mlflow
+    from mlflow.models import get_model_info
+
+    assert cli("export", "--study", tiny_sweep.study, "--tracking-uri", tiny_sweep.tracking_uri, "--out",
+               tmp_path / "out", "--register", "tiny-champion", "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    client = MlflowClient(tiny_sweep.tracking_uri, registry_uri=tiny_sweep.tracking_uri)
+    version = client.get_model_version_by_alias("tiny-champion", "champion")
+    assert str(version.version) == summary["registered"]["version"] and version.run_id == summary["run_id"]
+    mlflow.set_tracking_uri(tiny_sweep.tracking_uri)
+    signature = get_model_info("models:/tiny-champion@champion").signature.to_dict()
+    assert json.loads(signature["inputs"])[0]["tensor-spec"]["shape"] == [-1, 32, 32, 3]
+    assert json.loads(signature["outputs"])[0]["tensor-spec"]["shape"] == [-1, 10]
+
+
+def test_savedmodel_export_serves_the_same_predictions(cli, exported, tiny_sweep, tmp_path):
+    import tensorflow as tf
+
+    assert cli("export", "--study", tiny_sweep.study, "--tracking-uri", tiny_sweep.tracking_uri, "--out",
+               tmp_path / "out", "--format", "savedmodel", "--quiet") == 0
+    x = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype("float32")
+    loaded = tf.saved_model.load(str(tmp_path / "out" / "saved_model"))  # kept: it owns the variables
+    served = loaded.serve(x).numpy()
+    expected = logged_model(tiny_sweep, exported["run_id"], tmp_path).predict(x, verbose=0)
+    np.testing.assert_allclose(served, expected, rtol=0, atol=1e-5)
+
+
+def test_onnx_export_runs_in_onnxruntime_with_the_same_predictions(cli, exported, tiny_sweep, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    assert cli("export", "--study", tiny_sweep.study, "--tracking-uri", tiny_sweep.tracking_uri, "--out",
+               tmp_path / "out", "--format", "onnx", "--quiet") == 0
+    x = np.random.default_rng(2).normal(size=(4, 32, 32, 3)).astype("float32")
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"))
+    outputs = session.run(None, {session.get_inputs()[0].name: x})[0]
+    expected = logged_model(tiny_sweep, exported["run_id"], tmp_path).predict(x, verbose=0)
+    np.testing.assert_allclose(outputs, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("case,words", [
+    ("unknown", ["--study nope: no such study"]),
+    ("empty", ["--study empty: no completed trial to export (no trials)"]),
+    ("pruned", ["--study pruned: no completed trial to export (1 pruned, 1 failed)"]),
+    ("no-model", ["study nomodel trial 1", "has no kept model", "--run RUN_ID"]),
+    ("bad-run", ["--run 0123abc: no such run"]),
+    ("full-out", ["exists and is not an empty folder"]),
+    ("savedmodel-jax", ["--format savedmodel: needs the TensorFlow backend"]),
+    ("neither", ["one of the arguments --study --run is required"]),
+])
+def test_what_cannot_be_exported_is_one_line_and_exit_2(cli, capsys, tracking_uri, tmp_path, case, words):
+    from search.tracking import Tracker
+
+    Tracker(tracking_uri).sweep_parent("empty", {"blocksweep.objective": "maximize val_accuracy"}, "name: empty\n")
+    make_study(tracking_uri, "pruned", [Trial(state="pruned", objective=0.9), Trial(state="failed")])
+    make_study(tracking_uri, "nomodel", [Trial(objective=0.5), Trial(objective=0.8)])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    out = tmp_path / ("full" if case == "full-out" else "out")
+    which = {"unknown": ["--study", "nope"], "empty": ["--study", "empty"], "pruned": ["--study", "pruned"],
+             "no-model": ["--study", "nomodel"], "bad-run": ["--run", "0123abc"], "full-out": ["--study", "nomodel"],
+             "savedmodel-jax": ["--study", "nomodel", "--format", "savedmodel", "--backend", "jax"],
+             "neither": []}[case]
+    if case == "savedmodel-jax":
+        pytest.importorskip("jax")
+    assert cli("export", "--out", out, *which) == 2
+    err = one_line_error(capsys)
+    for word in words:
+        assert word in err
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine" and not (tmp_path / "out").exists()
