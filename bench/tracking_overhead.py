@@ -71,7 +71,7 @@ def main() -> None:
     total = time.perf_counter() - start
     tracked = sum(spent.values())
     print(summary.line("val_accuracy"))
-    print(f"| call | count | seconds |\n| --- | --- | --- |")
+    print("| call | count | seconds |\n| --- | --- | --- |")
     for name in sorted(spent, key=spent.get, reverse=True):
         print(f"| {name} | {calls[name]} | {spent[name]:.3f} |")
     print(f"\nsweep wall time {total:.1f} s, in tracking {tracked:.2f} s = {100 * tracked / total:.1f}% "

@@ -20,7 +20,8 @@ import yaml
 from search import plots
 from search.config import config_dict, flatten
 from search.tracking import RunLog
-from search.train import TrialResult, TrialState, train_and_evaluate
+from search.results import TrialResult, TrialState
+from search.train import train_and_evaluate
 
 
 def preprocessing(splits) -> dict:

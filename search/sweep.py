@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 from search.config import Spec, resolve
 from search.errors import UsageError
-from search.train import TrialResult, TrialState
+from search.results import TrialResult, TrialState
 
 
 @dataclass(frozen=True)

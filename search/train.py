@@ -12,11 +12,9 @@ stopping) -> restore the best epoch's weights -> test evaluation.
 
 from __future__ import annotations
 
-import enum
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 # Keras is imported here, at the top: import this module only after
 # `search.backend.select()` has chosen the backend (the CLI and engines do).
@@ -26,43 +24,11 @@ import numpy as np
 
 from search import models
 from search.backend import device_kind
+from search.results import TrialResult, TrialState
 from search.schedules import keras_schedule
 
 Report = Callable[[int, float], bool]  # (epoch, objective value) -> prune now?
 EpochSink = Callable[[int, dict, list], None]  # (epoch, metrics, [(batch, running loss)])
-
-
-class TrialState(enum.Enum):
-    COMPLETE = "completed"
-    PRUNED = "pruned"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    """What a trial produced. `objective` is the best epoch's value of the objective
-    metric (the epoch whose weights are kept); `history` has one dict per epoch run."""
-
-    state: TrialState
-    objective: Optional[float]
-    best_epoch: Optional[int]  # 1-based
-    epochs_run: int
-    history: tuple = ()
-    test: dict = field(default_factory=dict)  # test_accuracy, test_loss (completed trials)
-    train_seconds: float = 0.0  # training steps only, validation excluded
-    images_per_second: float = 0.0
-    reason: str = ""
-    model: Any = field(default=None, compare=False, repr=False)  # best-epoch weights
-
-    def summary(self) -> dict:
-        """The scalar results, as logged and printed with --json."""
-        out = {"state": self.state.value, "objective": self.objective, "best_epoch": self.best_epoch,
-               "epochs_run": self.epochs_run, "train_seconds": round(self.train_seconds, 3),
-               "images_per_second": round(self.images_per_second, 1)}
-        out.update(self.test)
-        if self.reason:
-            out["reason"] = self.reason
-        return out
 
 
 # --------------------------------------------------------------------------- model pieces

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from search.config import DataConfig
-from search.data import (TEST_BATCH, Cifar10, load_batch, load_cifar10, prepare, restricted_load,
+from search.data import (TEST_BATCH, Cifar10, load_cifar10, prepare, restricted_load,
                          stratified_pick, write_batches)
 from search.errors import UsageError
 from tests.conftest import synthetic_cifar

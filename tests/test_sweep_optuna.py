@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import cli_env

@@ -30,7 +30,7 @@ from optuna.trial import TrialState as OptunaState
 from search.errors import UsageError
 from search.space import CategoricalParam, Condition, FloatParam, IntParam, ParamSpec, Space
 from search.sweep import Sweep, SweepSummary
-from search.train import TrialState
+from search.results import TrialState
 
 DEFAULT_STORAGE_FILE = Path("mlruns") / "optuna.db"
 MAX_RETRIES = 3  # times a trial interrupted by a dead worker is run again
