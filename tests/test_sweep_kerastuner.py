@@ -141,13 +141,13 @@ def test_bayesian_tuner_starts_from_the_defaults_and_mirrors_each_trial(cli, wor
           train.learning_rate: {type: float, low: 0.005, high: 0.2, log: true, default: 0.05}
         """, "bayes.yaml")
     assert kt_run(cli, space, tiny_cifar, "--tuner", "bayesian", "--trials", "4") == 0
-    _, parents, children = sweep_runs(tracking_uri, "bayes")
+    _, parents, children = sweep_runs(tracking_uri, "bayes-kerastuner")  # the default study name
     assert len(parents) == 1 and len(children) == 4
     assert parents[0].data.tags["blocksweep.tuner"] == parents[0].data.tags["blocksweep.sampler"] == "bayesian"
     by_number = {int(c.data.tags["blocksweep.trial"]): c for c in children}
     assert sorted(by_number) == [0, 1, 2, 3]
     assert float(by_number[0].data.params["param.train.learning_rate"]) == 0.05  # the default comes first
-    kt_state = kt_trials(workdir, "bayes")
+    kt_state = kt_trials(workdir, "bayes-kerastuner")
     for number, child in by_number.items():
         assert 0.005 <= float(child.data.params["train.learning_rate"]) <= 0.2
         assert child.data.tags["blocksweep.state"] == "completed" and kt_state[number]["status"] == "COMPLETED"

@@ -383,25 +383,27 @@ class SweepTuner(BaseTuner):
             return self.serve(budget)
         self.save()  # from now on a rerun reloads the project, even if trial 0 is interrupted
         worker = self._is_worker()
+        lost = _rpc_error() if worker else ()  # a worker's oracle calls go to the chief over gRPC
         while True:
             why = budget.stop_reason(self.sweep.counts.failed)
             if why is not None:
                 return why
             try:
                 trial = self.oracle.create_trial(self.tuner_id)
-            except Exception as err:  # grpc.RpcError: the chief is gone or never came up
-                if not worker:
-                    raise
-                return f"the chief oracle at {chief_address()} did not answer ({_rpc_code(err)})"
-            if trial.status == TrialStatus.STOPPED:
-                return self._stopped_reason(worker)
-            if trial.status == TrialStatus.IDLE:  # Hyperband waits for other workers' trials
-                time.sleep(1.0)
-                continue
-            budget.ran += 1
-            result = self.run_trial(trial)
-            self.tell(trial, result)
-            self.refresh()
+                if trial.status == TrialStatus.STOPPED:
+                    return self._stopped_reason(worker)
+                if trial.status == TrialStatus.IDLE:  # Hyperband waits for other workers' trials
+                    time.sleep(1.0)
+                    continue
+                budget.ran += 1
+                result = self.run_trial(trial)
+                self.tell(trial, result)
+                self.refresh()
+            except lost as err:  # the chief is gone or never came up (after CHIEF_TIMEOUT_S)
+                why = f"the chief oracle at {chief_address()} did not answer ({_rpc_code(err)})"
+                if budget.ran == 0:
+                    raise UsageError(f"KERASTUNER_ORACLE_IP/PORT: {why}; start the chief first") from None
+                return why
 
     def _stopped_reason(self, worker: bool) -> str:
         if worker:
@@ -415,17 +417,17 @@ class SweepTuner(BaseTuner):
     def serve(self, budget: Budget) -> str:
         """The chief: serve the oracle to the workers over gRPC until the budget is handed
         out and every trial has ended. Keras Tuner's own `start_server` does the same but
-        polls every 20 s once stopping and waits forever for a worker that left on its own
-        (--trials, --timeout, --max-failures): this one polls every POLL_S and waits
-        WORKER_GRACE_S for such workers. --timeout stops handing out new trials."""
+        polls every 20 s once stopping and waits forever for workers that left on their own
+        (their --trials, --timeout, --max-failures, a kill): this one polls every POLL_S and
+        stops once no trial is running and no worker has called for WORKER_GRACE_S.
+        --timeout stops handing out new trials."""
         from concurrent import futures
 
         import grpc
         from keras_tuner.src import protos
-        from keras_tuner.src.distribute.oracle_chief import OracleServicer
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))  # one RPC at a time, as Keras Tuner
-        servicer = OracleServicer(self.oracle)
+        servicer = _servicer(self.oracle)
         protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
         address = chief_address()
         try:
@@ -436,24 +438,62 @@ class SweepTuner(BaseTuner):
             raise UsageError(f"KERASTUNER_ORACLE_IP/PORT {address}: the chief cannot listen there (port in use?)")
         self.save()
         server.start()
-        why, closed, idle_since = "", False, None
+        why, closed, started_with = "", False, len(self.oracle.start_order)
         try:
             while True:
                 time.sleep(POLL_S)
                 if not closed and budget.timed_out():
                     self.oracle.max_trials = len(self.oracle.trials)  # no new trials from now on
                     closed, why = True, f"--timeout {budget.timeout:g}s reached"
-                if not (servicer.stop_triggered or closed) or self.oracle.ongoing_trials:
-                    idle_since = None
+                if self.oracle.ongoing_trials:
                     continue
-                if not self.oracle.tuner_ids:
-                    break
-                idle_since = idle_since or time.monotonic()
-                if time.monotonic() - idle_since > WORKER_GRACE_S:
+                quiet = time.monotonic() - servicer.last_call > WORKER_GRACE_S
+                if servicer.stop_triggered or closed:
+                    if not self.oracle.tuner_ids or quiet:  # every worker told to stop, or gone
+                        break
+                elif quiet and len(self.oracle.start_order) > started_with:
+                    why = "the workers left before the budget was handed out"
                     break
         finally:
             server.stop(grace=2)
         return why
+
+
+def _servicer(oracle):
+    """Keras Tuner's gRPC servicer for the oracle, noting when a worker last called."""
+    from keras_tuner.src.distribute.oracle_chief import OracleServicer
+
+    class Servicer(OracleServicer):
+        def __init__(self, oracle):
+            super().__init__(oracle)
+            self.last_call = time.monotonic()
+
+        def _called(self, method, request, context):
+            self.last_call = time.monotonic()
+            try:
+                return method(request, context)
+            finally:
+                self.last_call = time.monotonic()
+
+        def CreateTrial(self, request, context):
+            return self._called(super().CreateTrial, request, context)
+
+        def UpdateTrial(self, request, context):
+            return self._called(super().UpdateTrial, request, context)
+
+        def EndTrial(self, request, context):
+            return self._called(super().EndTrial, request, context)
+
+        def GetBestTrials(self, request, context):
+            return self._called(super().GetBestTrials, request, context)
+
+    return Servicer(oracle)
+
+
+def _rpc_error() -> tuple[type, ...]:
+    import grpc
+
+    return (grpc.RpcError,)
 
 
 def _rpc_code(err: Exception) -> str:
@@ -549,7 +589,10 @@ class KerasTunerEngine:
                     # project's trials, and the retried ones are among this invocation's.
                     retries = len(getattr(oracle, "_retry_queue", []))
                     oracle.max_trials = len(oracle.trials) + max(o.trials - retries, 0)
-            budget = Budget(trials=o.trials, timeout=o.timeout, max_failures=o.max_failures,
+            trials = o.trials
+            if who == "worker" and trials == sweep.spec.file.search.trials:
+                trials = None  # a worker runs until the chief's budget is spent, unless told otherwise
+            budget = Budget(trials=trials, timeout=o.timeout, max_failures=o.max_failures,
                             started=time.monotonic())
             stopped = tuner.search(budget)
             if who != "worker":
