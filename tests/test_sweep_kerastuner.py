@@ -200,7 +200,8 @@ def test_failing_trials_are_failed_in_keras_tuner_with_the_reason_up_to_max_fail
     assert all(c.info.status == "FAILED" and "loss became" in c.data.tags["blocksweep.reason"] for c in children)
 
 
-@pytest.mark.parametrize("flag, value, says", [("--sampler", "tpe", "is Optuna's"), ("--pruner", "median", "is Optuna's"),
+@pytest.mark.parametrize("flag, value, says", [("--sampler", "tpe", "is Optuna's"),
+                                               ("--pruner", "median", "is Optuna's"),
                                                ("--storage", "sqlite:///other.db", "Optuna's study storage")])
 def test_optuna_only_flags_are_refused_with_one_line(cli, capsys, write_space, tiny_cifar, flag, value, says):
     assert kt_run(cli, write_space(), tiny_cifar, "--trials", "1", flag, value) == 2
