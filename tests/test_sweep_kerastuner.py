@@ -220,6 +220,27 @@ def test_a_study_of_another_engine_is_not_mixed_with_keras_tuner_trials(cli, cap
     assert children == []
 
 
+def test_a_study_keeps_its_tuner(cli, capsys, write_space, tiny_cifar, tracking_uri):
+    space = write_space()
+    assert kt_run(cli, space, tiny_cifar, "--trials", "1", "--study", "keep", "--set", "train.epochs=1") == 0
+    assert kt_run(cli, space, tiny_cifar, "--trials", "1", "--study", "keep", "--set", "train.epochs=1",
+                  "--tuner", "bayesian") == 2
+    assert "started with tuner random" in capsys.readouterr().err
+    assert len(sweep_runs(tracking_uri, "keep")[2]) == 1
+
+
+def test_a_second_process_on_the_same_project_is_refused(cli, capsys, workdir, write_space, tiny_cifar):
+    import fcntl
+
+    project = workdir / "mlruns" / "kerastuner" / "busy"
+    project.mkdir(parents=True)
+    with open(project / ".blocksweep.lock", "a") as other:  # as another process holding the project
+        fcntl.flock(other, fcntl.LOCK_EX)
+        assert kt_run(cli, write_space(), tiny_cifar, "--trials", "1", "--study", "busy") == 2
+    assert "another process is running this Keras Tuner project" in capsys.readouterr().err
+    assert not (project / "oracle.json").exists()
+
+
 # --------------------------------------------------------------------------- processes
 
 

@@ -531,14 +531,14 @@ class KerasTunerEngine:
         check_distributed()
         self._check_study_engine(sweep)
         project = PROJECTS / o.study
-        if role() != "worker":  # one process owns the oracle's files: a single run, or the chief
-            project.mkdir(parents=True, exist_ok=True)
-            self._lock = _lock_project(project, o.study)
         marker, wanted = _read_marker(project), _marker(sweep)
         for key, flag in (("tuner", "--tuner"), ("objective", "objective"), ("max_epochs", "train.epochs")):
             if marker and marker.get(key) != wanted.get(key):
                 raise UsageError(f"{flag}: study {o.study} was started with {key} {marker.get(key)} "
                                  f"({project}), this run asks for {wanted.get(key)}; use another --study")
+        if role() != "worker":  # one process owns the oracle's files: a single run, or the chief
+            project.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock_project(project, o.study)
 
     @staticmethod
     def _check_study_engine(sweep: Sweep) -> None:
