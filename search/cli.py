@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-trials", type=_positive_int,
                    help="instead: run until the study has N completed or pruned trials, across all workers")
     p.add_argument("--timeout", type=_positive_float, help="seconds of wall time for this invocation")
-    p.add_argument("--study", help="study name (default: the space's name); the same name resumes")
+    p.add_argument("--study", help="study name (default: the space's name, or <name>-kerastuner with "
+                                    "--engine kerastuner); the same name resumes")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///mlruns/optuna.db)")
     p.add_argument("--sampler", choices=SAMPLERS)
     p.add_argument("--pruner", choices=PRUNERS)

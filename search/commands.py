@@ -75,8 +75,12 @@ def sweep(space: str, *, engine: Optional[str] = None, trials: Optional[int] = N
 
     spec = load_spec(space, parse_overrides(overrides))
     d = spec.file.search
+    engine = engine or d.engine
+    # One study is one engine's: Keras Tuner's default study is named apart from Optuna's,
+    # so the same space file runs under both engines without a --study.
+    default_study = spec.name if engine == "optuna" else f"{spec.name}-{engine}"
     options = SweepOptions(
-        engine=engine or d.engine, study=study or spec.name, storage=storage,
+        engine=engine, study=study or default_study, storage=storage,
         trials=trials if trials is not None else (None if study_trials else d.trials),
         study_trials=study_trials, timeout=timeout if timeout is not None else d.timeout,
         sampler=sampler or d.sampler, pruner=pruner or d.pruner, tuner=tuner or d.tuner,

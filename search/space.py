@@ -214,17 +214,38 @@ class Space:
                 continue
             count_path = spec.per_block
             count = int(values.get(count_path, self.fixed_counts.get(count_path, 0)))
-            low, high = self.count_range(count_path)
             per_block = []
             for i in range(count):
-                block_conditions = conditions
-                if count_path in self.params and i >= low:
-                    # Block i exists only when the trial has more than i blocks.
-                    more = tuple(v for v in self.params[count_path].values() if int(v) > i)
-                    block_conditions = conditions + (Condition(count_path, more),)
+                block_conditions = conditions + self._block_condition(count_path, i)
                 per_block.append(suggester.suggest(f"{path}.{i}", spec, block_conditions))
             values[path] = per_block
         return values
+
+    def _block_condition(self, count_path: str, i: int) -> tuple[Condition, ...]:
+        """Block i exists only when the trial has more than i blocks: a condition on the
+        count parameter for blocks beyond its minimum; none for a fixed count."""
+        low, _ = self.count_range(count_path)
+        if count_path not in self.params or i < low:
+            return ()
+        more = tuple(v for v in self.params[count_path].values() if int(v) > i)
+        return (Condition(count_path, more),)
+
+    def declarations(self) -> list[tuple[str, ParamSpec, tuple[Condition, ...]]]:
+        """Every (name, spec, conditions) that any trial can sample, in sampling order:
+        the whole space at once, inactive branches included, for engines that declare the
+        space before the first trial (Keras Tuner's conditional scopes). A per-block
+        parameter appears once per block up to the largest count."""
+        out = []
+        for path in self.order:
+            spec = self.params[path]
+            conditions = tuple(Condition(p, tuple(allowed)) for p, allowed in spec.when.items())
+            if spec.per_block is None:
+                out.append((path, spec, conditions))
+                continue
+            _, high = self.count_range(spec.per_block)
+            out.extend((f"{path}.{i}", spec, conditions + self._block_condition(spec.per_block, i))
+                       for i in range(high))
+        return out
 
     def flat_names(self, values: dict[str, Any]) -> dict[str, Any]:
         """{name: value} with per-block lists spread out as ``path.i``: the names engines
