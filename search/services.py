@@ -119,7 +119,9 @@ def _check_database(uri: str, flag: str) -> None:
 def mlflow_server(backend_store_uri: str, artifacts_destination: Path, host: str, port: int,
                   workers: int) -> Server:
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
-            "--artifacts-destination", str(artifacts_destination), "--host", host, "--port", str(port),
+            # Runs logged through the server send their artifacts to it (no shared disk needed).
+            "--serve-artifacts", "--artifacts-destination", str(artifacts_destination),
+            "--host", host, "--port", str(port),
             "--workers", str(workers),
             # One line per HTTP request (the UI polls) would drown the useful output.
             "--uvicorn-opts", "--no-access-log"]
