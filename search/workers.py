@@ -117,7 +117,7 @@ def launch(run_argv: Sequence[str], placements: Sequence[Placement], cwd: Option
     `[w<i> gpu<g>]`, forward Ctrl-C/SIGTERM to all, and wait for every one of them."""
     argv = [sys.executable, "-m", "search", *run_argv, "--json"]
     children: list[procs.Child] = []
-    outcomes = [Outcome(p) for p in placements]
+    outcomes = [Outcome(p) for p in placements]  # a worker never started keeps exit_code None
     stopping = False
 
     def forward(signum, frame):
@@ -131,6 +131,8 @@ def launch(run_argv: Sequence[str], placements: Sequence[Placement], cwd: Option
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for p in placements:
+            if stopping:  # Ctrl-C while starting: start no more
+                break
             children.append(procs.Child(p.label, argv, env={**os.environ, **p.env}, prefix=f"[{p.label}] ",
                                         keep_stdout=True, cwd=cwd))
         finished = 0
@@ -192,8 +194,9 @@ def summarize(outcomes: Sequence[Outcome], metric: str) -> tuple[int, dict, str]
         **{k: last.get(k) for k in ("study", "engine", "experiment_id", "parent_run_id", "study_counts",
                                      "best_trial", "best_value", "best_run_id")},
     }
-    line = (f"{len(outcomes)} workers, study {last.get('study', '?')}: ran {ran['completed']} completed, "
-            f"{ran['pruned']} pruned, {ran['failed']} failed")
+    study = f", study {last['study']}" if last.get("study") else ""
+    line = (f"{len(outcomes)} workers{study}: ran {ran['completed']} completed, {ran['pruned']} pruned, "
+            f"{ran['failed']} failed")
     counts = last.get("study_counts")
     if counts:
         line += "; the study has " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
