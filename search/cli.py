@@ -155,7 +155,7 @@ def worker_argv(args) -> list[str]:
     """The `run` command line one worker runs: every flag as parsed, minus the launcher's
     own (--workers, --gpus, --gpu-memory-fraction) and --json (the launcher adds it)."""
     argv = ["run"]
-    for action in build_parser().subcommands["run"]._actions:
+    for action in build_parser().subcommands["run"]._actions:  # argparse has no public list of them
         value = getattr(args, action.dest, None)
         if action.dest in (*LAUNCHER_FLAGS, "help", "json") or value is None:
             continue

@@ -375,7 +375,8 @@ class OptunaEngine:
         """This worker went silent for longer than the heartbeat grace (paused, swapped out,
         cut off from the database) and another worker failed its trial and enqueued a
         retry. That verdict stands: this result is discarded and its run says so. (Without
-        this, the worker died on Optuna's "Trial#N has already finished" error: optuna#5582.)"""
+        this, the worker died on Optuna's "Trial#N has already finished" error, the race
+        known from many-worker studies.)"""
         sweep.tracker.run(run_id).finish(
             "failed", "interrupted: this worker sent no heartbeat for longer than 3 x --heartbeat (paused or cut "
                       "off), so its trial was failed and retried by a worker; this late result was discarded")
