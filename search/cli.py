@@ -47,6 +47,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (1-65535)")
+    return value
+
+
 def _common(tracking=True, data=True, training=True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     if tracking:
@@ -96,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the .keras model of every trial, or of the best so far (default)")
     p.add_argument("--heartbeat", type=_positive_float, default=10.0,
                    help="seconds between a running trial's heartbeats; a trial silent for 3x this is retried")
+    p.add_argument("--workers", type=_positive_int,
+                   help="start N worker processes on this machine, all on this study (see --gpus)")
+    p.add_argument("--gpus", help="GPUs for the workers, round-robin, e.g. 0,1 (default: every visible GPU; "
+                                  "none: the CPU)")
+    p.add_argument("--gpu-memory-fraction", type=_positive_float,
+                   help="each worker's share of its GPU's memory (default when workers share a GPU: "
+                        "0.9 / workers on it)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", parents=[_common(training=False)],
@@ -133,6 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--backend", choices=BACKENDS, default=None)
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("ui", help="serve the MLflow UI (and optuna-dashboard) on the project's stores")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this "
+                                                       "machine only; the UI has no login)")
+    p.add_argument("--port", type=_port, default=5000, help="MLflow UI port (default: 5000)")
+    p.add_argument("--backend-store-uri", "--tracking-uri", dest="backend_store_uri",
+                   help="MLflow database (default: sqlite:///mlruns/mlflow.db, or $MLFLOW_TRACKING_URI)")
+    p.add_argument("--artifacts-destination", help="where the server stores artifacts logged through it "
+                                                   "(default: mlruns/artifacts)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="server worker processes (default: 1; each takes ~0.25 GB)")
+    p.add_argument("--dashboard", action="store_true", help="also serve optuna-dashboard on the study storage")
+    p.add_argument("--dashboard-port", type=_port, default=8080, help="optuna-dashboard port (default: 8080)")
+    p.add_argument("--storage", help="Optuna storage for --dashboard (default: sqlite:///mlruns/optuna.db)")
+    p.set_defaults(func=cmd_ui)
+    parser.subcommands = sub.choices  # name -> subparser (for worker_argv)
     return parser
 
 
@@ -155,10 +184,43 @@ def cmd_train(args) -> int:
     return 0
 
 
+LAUNCHER_FLAGS = ("workers", "gpus", "gpu_memory_fraction")
+
+
+def worker_argv(args) -> list[str]:
+    """The `run` command line one worker runs: every flag as parsed, minus the launcher's
+    own (--workers, --gpus, --gpu-memory-fraction) and --json (the launcher adds it)."""
+    argv = ["run"]
+    for action in build_parser().subcommands["run"]._actions:  # argparse has no public list of them
+        value = getattr(args, action.dest, None)
+        if action.dest in (*LAUNCHER_FLAGS, "help", "json") or value is None:
+            continue
+        if not action.option_strings:  # the space file
+            argv.append(str(value))
+            continue
+        flag = max(action.option_strings, key=len)
+        if action.nargs == 0:  # --quiet
+            argv += [flag] if value else []
+        elif isinstance(value, list):  # --set, repeated
+            argv += [f"{flag}={v}" for v in value]
+        else:  # --flag=value: safe for values that start with "-"
+            argv.append(f"{flag}={value}")
+    return argv
+
+
 def cmd_run(args) -> int:
     from dataclasses import asdict
 
     from search import commands
+
+    if any(getattr(args, flag) is not None for flag in LAUNCHER_FLAGS):
+        from search import workers
+
+        code, summary, line = workers.run(args.space, worker_argv(args), workers=args.workers or 1,
+                                          gpus=args.gpus, memory_fraction=args.gpu_memory_fraction,
+                                          overrides=args.set)
+        _print(args, summary, line)
+        return code
 
     summary = commands.sweep(
         args.space, engine=args.engine, trials=args.trials, study_trials=args.study_trials, timeout=args.timeout,
@@ -205,6 +267,16 @@ def cmd_predict(args) -> int:
     lines = "\n".join(f"{r['image']}: {r['label']} ({r['probability']:.3f})" for r in rows)
     _print(args, rows, lines)
     return 0
+def cmd_ui(args) -> int:
+    from search import services
+
+    try:
+        return services.ui(host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
+                           artifacts_destination=args.artifacts_destination, workers=args.workers,
+                           dashboard=args.dashboard, dashboard_port=args.dashboard_port, storage=args.storage)
+    except services.ServiceFailed as err:
+        print(f"blocksweep ui: {err}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

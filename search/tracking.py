@@ -23,6 +23,7 @@ import gc
 import logging
 import os
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -37,6 +38,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 import search
+from search import stores
 from search.errors import UsageError
 
 STORE = Path("mlruns")  # the project's local store: MLflow's database, artifacts, studies
@@ -46,6 +48,9 @@ logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 # Artifact downloads (compare, export) draw a progress bar per file; ours are small files.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# With a tracking server, MLflow prints "View run ... at: URL" to stdout whenever a run ends;
+# stdout carries our summary line or JSON (and a worker's JSON for `run --workers`).
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 PARENT_TAG = "blocksweep.parent_run_id"  # experiment tag: the sweep's one parent run
 STATE_TO_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "running": "RUNNING"}
@@ -84,7 +89,9 @@ def _git_commit() -> Optional[str]:
 
 def environment_tags(family: str, backend: str, device: str) -> dict[str, str]:
     tags = {"blocksweep.model_family": family, "blocksweep.backend": backend,
-            "blocksweep.device": device, "blocksweep.version": search.__version__}
+            "blocksweep.device": device, "blocksweep.version": search.__version__,
+            # which process ran a run: with many workers on many machines, where to look
+            "blocksweep.worker": f"{socket.gethostname()}:{os.getpid()}"}
     commit = _git_commit()
     if commit:
         tags["blocksweep.git_commit"] = commit
@@ -205,7 +212,13 @@ class Tracker:
                 raise UsageError(f"--tracking-uri {self.uri}: cannot create {self.local_store} "
                                  f"({err.strerror})") from None
         mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        try:
+            # The client opens (and on first use creates or migrates) a database store;
+            # workers opening a new store together would all migrate it (see stores.py).
+            with stores.exclusive(self.uri, "mlflow schema"):
+                self.client = MlflowClient(tracking_uri=self.uri)
+        except Exception as err:  # unreachable server, missing database, bad file
+            raise self._store_error(err) from None
 
     # experiments ---------------------------------------------------------------
 
@@ -238,7 +251,7 @@ class Tracker:
 
     def _store_error(self, err: Exception) -> UsageError:
         first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        return UsageError(f"--tracking-uri {self.uri}: cannot use the MLflow store ({first[:300]})")
+        return UsageError(f"--tracking-uri {stores.redact(self.uri)}: cannot use the MLflow store ({first[:300]})")
 
     # single runs ----------------------------------------------------------------
 

@@ -14,8 +14,6 @@ workers, with a small connection pool per worker: optuna#5582, #1347).
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import importlib.util
 import inspect
 import threading
@@ -27,6 +25,7 @@ from typing import Any, Optional
 import optuna
 from optuna.trial import TrialState as OptunaState
 
+from search import stores
 from search.errors import UsageError
 from search.space import CategoricalParam, Condition, FloatParam, IntParam, ParamSpec, Space
 from search.sweep import Sweep, SweepSummary
@@ -161,12 +160,13 @@ def make_storage(url: str, heartbeat: float, on_stale) -> optuna.storages.RDBSto
             if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
             else "failed_trial_callback")
     try:
-        with _quiet_experimental():
+        # Workers starting together on an empty database would all create the tables.
+        with _quiet_experimental(), stores.exclusive(url, "optuna schema"):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval,
                                               grace_period=3 * interval, **{hook: on_stale})
     except Exception as err:  # bad URL, unreachable server, missing driver
         first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        raise UsageError(f"--storage {url}: cannot open the study storage ({first[:300]})") from None
+        raise UsageError(f"--storage {stores.redact(url)}: cannot open the study storage ({first[:300]})") from None
 
 
 @contextlib.contextmanager
@@ -179,42 +179,11 @@ def _quiet_experimental():
         yield
 
 
-@contextlib.contextmanager
 def study_lock(storage: optuna.storages.RDBStorage, url: str, study: str):
     """Mutual exclusion between all workers of a study, for the instant of deciding
     whether to start another trial: a PostgreSQL advisory lock, a MySQL named lock, or a
-    file lock beside an SQLite database."""
-    kind = storage_kind(url)
-    key = int(hashlib.sha256(study.encode()).hexdigest()[:15], 16)
-    if kind == "postgresql":
-        from sqlalchemy import text
-
-        with storage.engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
-    elif kind == "mysql":
-        from sqlalchemy import text
-
-        with storage.engine.connect() as conn:
-            conn.execute(text("SELECT GET_LOCK(:k, 600)"), {"k": f"blocksweep-{key}"})
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": f"blocksweep-{key}"})
-    elif kind == "sqlite" and "memory" not in url:
-        lock_path = Path(url.split("sqlite:///", 1)[-1] + f".{key:x}.lock")
-        with open(lock_path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-    else:
-        yield
+    file lock beside an SQLite database (see search/stores.py)."""
+    return stores.exclusive(url, study, engine=storage.engine)
 
 
 class Heartbeat:
@@ -321,12 +290,15 @@ class OptunaEngine:
                 return None, ""
             if sweep.counts.failed >= o.max_failures:
                 return None, f"{sweep.counts.failed} trials failed (--max-failures {o.max_failures})"
-            with _quiet_experimental():
-                optuna.storages.fail_stale_trials(study)
             sampler = study.sampler
             if isinstance(sampler, AskTellGridSampler) and sampler.is_exhausted(study):
                 return None, "the grid is exhausted"
             with study_lock(storage, url, o.study):
+                # Under the lock: failing a dead worker's trial and enqueueing its retry
+                # must look like one step to the budget check below, or another worker
+                # sees the budget short by one in between and starts a 13th trial.
+                with _quiet_experimental():
+                    optuna.storages.fail_stale_trials(study)
                 self._enqueue_defaults(sweep, study)
                 if o.study_trials is None:
                     return self._ask(study), ""
@@ -383,13 +355,34 @@ class OptunaEngine:
                 frozen = study.tell(trial, state=OptunaState.FAIL)
                 self.retry(sweep, study, frozen, "stopped by the user (Ctrl-C)")
                 raise
-        trial.set_user_attr("mlflow_run_id", run_id)
+        try:
+            trial.set_user_attr("mlflow_run_id", run_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._lost(sweep, run_id, result)
+            return
+        # A takeover in the milliseconds from here to `tell` keeps the other worker's
+        # verdict (skip_if_finished) rather than crash this worker.
         if result.state is TrialState.COMPLETE:
-            study.tell(trial, result.objective)
+            study.tell(trial, result.objective, skip_if_finished=True)
             number, value, best_run = _best(study)
             sweep.record_best(number, value, best_run)
         elif result.state is TrialState.PRUNED:
-            study.tell(trial, state=OptunaState.PRUNED)
+            study.tell(trial, state=OptunaState.PRUNED, skip_if_finished=True)
         else:
             trial.set_user_attr("fail_reason", result.reason)
-            study.tell(trial, state=OptunaState.FAIL)
+            study.tell(trial, state=OptunaState.FAIL, skip_if_finished=True)
+
+    @staticmethod
+    def _lost(sweep: Sweep, run_id: str, result) -> None:
+        """This worker went silent for longer than the heartbeat grace (paused, swapped out,
+        cut off from the database) and another worker failed its trial and enqueued a
+        retry. That verdict stands: this result is discarded and its run says so. (Without
+        this, the worker died on Optuna's "Trial#N has already finished" error, the race
+        known from many-worker studies.)"""
+        sweep.tracker.run(run_id).finish(
+            "failed", "interrupted: this worker sent no heartbeat for longer than 3 x --heartbeat (paused or cut "
+                      "off), so its trial was failed and retried by a worker; this late result was discarded")
+        counts = sweep.counts  # this invocation ran a failed trial, not the result it counted
+        name = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned"}.get(result.state, "failed")
+        setattr(counts, name, getattr(counts, name) - 1)
+        counts.failed += 1
