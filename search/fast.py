@@ -10,7 +10,8 @@ gathers each batch) reaches ~120k: dispatch, not arithmetic, limits it. So here:
 * the train step is a pure function over `model.stateless_call` (trainable and
   non-trainable variables as arrays): PyTorch-style Nesterov SGD with per-variable lr
   scales and coupled decay, and airbench's lookahead, all inside the step;
-* `lax.fori_loop` fuses a whole epoch of steps (or `steps_per_dispatch`) into one call;
+* `lax.fori_loop` fuses a whole epoch of steps (or `steps_per_dispatch`) into one call
+  on an accelerator (one step per call on a CPU, see `FusedTrainer`);
   per-step losses come back as one array, read a whole epoch later (`recipe.run_epochs`
   enqueues the next epoch first), so logging and pruning never stall the device;
 * every function is compiled ahead of time (`jit(...).lower(...).compile()`), so compile
@@ -149,14 +150,16 @@ class FusedTrainer:
             new = {"tv": tv, "ntv": ntv, "velocity": velocity, "ema_tv": ema_tv, "ema_ntv": ema_ntv, "step": step}
             return new, loss, right
 
+        def one_step(state, x_epoch, y_epoch, s):
+            xb = lax.dynamic_slice_in_dim(x_epoch, s * B, B)
+            yb = lax.dynamic_slice_in_dim(y_epoch, s * B, B)
+            return train_step(state, xb, yb)
+
         def run_steps(state, x_epoch, y_epoch, first, count):
             def body(i, carry):
                 state, losses, right = carry
-                s = first + i
-                xb = lax.dynamic_slice_in_dim(x_epoch, s * B, B)
-                yb = lax.dynamic_slice_in_dim(y_epoch, s * B, B)
-                state, loss, ok = train_step(state, xb, yb)
-                return state, losses.at[s].set(loss), right.at[s].set(ok)
+                state, loss, ok = one_step(state, x_epoch, y_epoch, first + i)
+                return state, losses.at[first + i].set(loss), right.at[first + i].set(ok)
 
             init = (state, jnp.zeros(S, jnp.float32), jnp.zeros(S, jnp.int32))
             return lax.fori_loop(0, count, body, init)
@@ -187,27 +190,44 @@ class FusedTrainer:
         x_epoch = jax.ShapeDtypeStruct((B * S, size, size, 3), dtype)
         y_epoch = jax.ShapeDtypeStruct((B * S,), jnp.int32)
         xs, ys, ms, _ = self.splits["val"]
+        # Steps per dispatch: a whole epoch on an accelerator. On a CPU, one: XLA:CPU runs
+        # convolutions inside a loop 10-20x slower than the same step outside one (measured
+        # on the 2-core development CPU, 2026-11-26: 2 steps of a 8/32/32-wide net, batch
+        # 256, took 0.95 s each jitted alone, 10 s each in lax.scan and fori_loop), and
+        # dispatch costs nothing next to a CPU step.
+        self.chunk = r.steps_per_dispatch or (S if jax.default_backend() != "cpu" else 1)
         self._prepare = jax.jit(prepare_epoch).lower(self.padded, self.labels, self.pattern, self.key, i32).compile()
-        self._steps = jax.jit(run_steps).lower(self.state, x_epoch, y_epoch, i32, i32).compile()
+        if self.chunk == 1:
+            self._step = jax.jit(one_step).lower(self.state, x_epoch, y_epoch, i32).compile()
+        else:
+            self._steps = jax.jit(run_steps).lower(self.state, x_epoch, y_epoch, i32, i32).compile()
         self._eval = jax.jit(eval_batch).lower(tv, ntv, xs[0], ys[0], ms[0]).compile()
         self.compile_seconds = time.perf_counter() - started
-        self.chunk = r.steps_per_dispatch or S
 
     # ---- the trainer interface of recipe.run_epochs (all calls return at once)
 
     def train_epoch(self, epoch: int):
         x, y = self._prepare(self.padded, self.labels, self.pattern, self.key, jnp.int32(epoch))
         losses, right = [], []
+        if self.chunk == 1:
+            for s in range(self.steps_per_epoch):
+                self.state, loss, ok = self._step(self.state, x, y, jnp.int32(s))
+                losses.append(loss)
+                right.append(ok)
+            return "steps", losses, right
         for first in range(0, self.steps_per_epoch, self.chunk):
             count = min(self.chunk, self.steps_per_epoch - first)
-            self.state, l, ok = self._steps(self.state, x, y, jnp.int32(first), jnp.int32(count))
-            losses.append(l)
+            self.state, loss, ok = self._steps(self.state, x, y, jnp.int32(first), jnp.int32(count))
+            losses.append(loss)
             right.append(ok)
-        return losses, right
+        return "chunks", losses, right
 
     def read_train(self, handle):
-        losses, right = handle  # each chunk filled its own steps, zeros elsewhere
-        return np.sum([np.asarray(l) for l in losses], axis=0), float(sum(np.asarray(ok).sum() for ok in right))
+        kind, losses, right = handle
+        if kind == "steps":  # one scalar per step
+            return np.array([float(v) for v in losses]), float(sum(int(v) for v in right))
+        # each chunk filled its own steps of the epoch's arrays, zeros elsewhere
+        return np.sum([np.asarray(v) for v in losses], axis=0), float(sum(np.asarray(v).sum() for v in right))
 
     def finish_lookahead(self):
         """w <- ema (airbench's last lookahead update, with d = 1)."""
