@@ -190,11 +190,11 @@ class FusedTrainer:
         x_epoch = jax.ShapeDtypeStruct((B * S, size, size, 3), dtype)
         y_epoch = jax.ShapeDtypeStruct((B * S,), jnp.int32)
         xs, ys, ms, _ = self.splits["val"]
-        # Steps per dispatch: a whole epoch on an accelerator. On a CPU, one: XLA:CPU runs
-        # convolutions inside a loop 10-20x slower than the same step outside one (measured
-        # on the 2-core development CPU, 2026-11-26: 2 steps of a 8/32/32-wide net, batch
-        # 256, took 0.95 s each jitted alone, 10 s each in lax.scan and fori_loop), and
-        # dispatch costs nothing next to a CPU step.
+        # Steps per dispatch: a whole epoch on an accelerator. On a CPU, one: XLA:CPU runs a
+        # step 5-10x slower inside a loop than jitted alone (2-core development CPU,
+        # 2026-11-26, 8/32/32-wide net, batch 256: 0.95 s per step alone, 5.4 s in
+        # lax.scan, 10.4 s in fori_loop; BENCHMARKS.md), and dispatch costs nothing next
+        # to a CPU step.
         self.chunk = r.steps_per_dispatch or (S if jax.default_backend() != "cpu" else 1)
         self._prepare = jax.jit(prepare_epoch).lower(self.padded, self.labels, self.pattern, self.key, i32).compile()
         if self.chunk == 1:

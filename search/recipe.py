@@ -212,7 +212,9 @@ def run_epochs(trainer, config, *, report=None, on_epoch=None, progress=None) ->
     An asynchronous trainer (the fused JAX loop) gets epoch e+1 enqueued before epoch e's
     results are read, so reading metrics, logging them and asking the pruner happen while
     the device trains: the device never waits for the host. The price: a pruned trial
-    trains one epoch more than it reports. Epoch times are the intervals between results.
+    trains one epoch more than it reports. Its epoch times are the intervals between
+    results, so they include the device's validation when it runs every epoch; a
+    synchronous trainer's training time is its `train_epoch` call alone.
     """
     recipe = config.train.airbench
     epochs = config.train.epochs
@@ -223,21 +225,30 @@ def run_epochs(trainer, config, *, report=None, on_epoch=None, progress=None) ->
     history: list[dict] = []
     failure = ""
     pruned = False
-    start = seen = time.perf_counter()
-    pending = trainer.train_epoch(0)
+    def train(epoch):  # (handle, seconds of a synchronous trainer's training)
+        begin = time.perf_counter()
+        handle = trainer.train_epoch(epoch)
+        return handle, time.perf_counter() - begin
+
+    seen = time.perf_counter()
+    train_seconds = 0.0
+    pending, trained = train(0)
     for e in range(epochs):
         last = e == epochs - 1
         if last and recipe.lookahead:
             trainer.finish_lookahead()  # airbench ends on the EMA weights
         val = trainer.evaluate("val") if (every or last) else None
-        following = trainer.train_epoch(e + 1) if trainer.asynchronous and not last else None
+        following = train(e + 1) if trainer.asynchronous and not last else None
         losses, correct = trainer.read_train(pending)
         metrics = {"loss": float(np.mean(losses)), "accuracy": correct / images}
         if val is not None:
             metrics.update({f"val_{k}": v for k, v in trainer.read_eval(val).items()})
         now = time.perf_counter()
+        if trainer.asynchronous:
+            trained = now - seen
+        train_seconds += trained
         metrics["epoch_seconds"] = now - seen
-        metrics["images_per_second"] = images / max(now - seen, 1e-9)
+        metrics["images_per_second"] = images / max(trained, 1e-9)
         metrics["learning_rate"] = trainer.learning_rate((e + 1) * trainer.steps_per_epoch - 1)
         if e == 0:
             metrics["setup_seconds"] = trainer.setup_seconds
@@ -261,9 +272,12 @@ def run_epochs(trainer, config, *, report=None, on_epoch=None, progress=None) ->
             if report is not None and report(e + 1, value) and not last:
                 pruned = True
                 break
-        pending = following if trainer.asynchronous else (None if last else trainer.train_epoch(e + 1))
+        if trainer.asynchronous:
+            pending = following[0] if following else None
+        elif not last:
+            pending, trained = train(e + 1)
 
-    common = dict(epochs_run=len(history), history=tuple(history), train_seconds=seen - start,
+    common = dict(epochs_run=len(history), history=tuple(history), train_seconds=train_seconds,
                   images_per_second=_mean_rate(history))
     if failure:
         return TrialResult(state=TrialState.FAILED, objective=None, best_epoch=None, reason=failure, **common)

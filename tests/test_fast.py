@@ -298,11 +298,13 @@ def test_generic_path_prunes_through_report(tiny_splits):
 
 def test_fused_path_under_jax_runs_a_sweep_and_its_model_loads_in_a_fresh_process(workdir, tiny_cifar,
                                                                                    tracking_uri):
-    """One subprocess (JAX compiles take ~20 s on a CPU): `blocksweep run spaces/vgg_fast.yaml`
-    under JAX, shrunk with --set, gives a completed child run with per-epoch TTA accuracy
-    and a kept model; then a fresh process loads that model with safe_mode=True."""
+    """JAX compiles take ~20 s on a CPU, so one test: `blocksweep run spaces/vgg_fast.yaml`
+    under JAX, shrunk with --set, with 2 steps per dispatch (the fused loop, as on a GPU),
+    gives a completed child run with per-epoch TTA accuracy and a kept model; a fresh
+    process loads that model with safe_mode=True; `blocksweep train` of the same space runs
+    the CPU's default of one step per dispatch."""
     args = ["run", REPO / "spaces" / "vgg_fast.yaml", "--backend", "jax", "--data-dir", tiny_cifar,
-            "--trials", "1", "--study", "fast", "--quiet", "--json"]
+            "--trials", "1", "--study", "fast", "--quiet", "--json", "--set", "train.airbench.steps_per_dispatch=2"]
     for item in FAST_SET:
         args += ["--set", item]
     done = run_cli(args, cwd=workdir, timeout=400, KERAS_BACKEND="jax")
@@ -336,3 +338,13 @@ def test_fused_path_under_jax_runs_a_sweep_and_its_model_loads_in_a_fresh_proces
     whiten_max, sums = out.stdout.split(maxsplit=1)
     assert float(whiten_max) > 0
     np.testing.assert_allclose(json.loads(sums), 1.0, rtol=1e-5)
+
+    single = ["train", REPO / "spaces" / "vgg_fast.yaml", "--backend", "jax", "--data-dir", tiny_cifar,
+              "--quiet", "--json"]
+    for item in FAST_SET:
+        single += ["--set", item]
+    done = run_cli(single, cwd=workdir, timeout=400, KERAS_BACKEND="jax")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["state"] == "completed" and summary["metric"] == "val_tta_accuracy"
+    assert 0 <= summary["objective"] <= 1 and 0 <= summary["test_tta_accuracy"] <= 1
