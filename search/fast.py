@@ -155,7 +155,8 @@ class FusedTrainer:
             yb = lax.dynamic_slice_in_dim(y_epoch, s * B, B)
             return train_step(state, xb, yb)
 
-        def run_steps(state, x_epoch, y_epoch, first, count):
+        def run_steps(state, x_epoch, y_epoch, first, count: int):
+            # `count` is static: XLA sees the loop's trip count.
             def body(i, carry):
                 state, losses, right = carry
                 state, loss, ok = one_step(state, x_epoch, y_epoch, first + i)
@@ -199,8 +200,10 @@ class FusedTrainer:
         self._prepare = jax.jit(prepare_epoch).lower(self.padded, self.labels, self.pattern, self.key, i32).compile()
         if self.chunk == 1:
             self._step = jax.jit(one_step).lower(self.state, x_epoch, y_epoch, i32).compile()
-        else:
-            self._steps = jax.jit(run_steps).lower(self.state, x_epoch, y_epoch, i32, i32).compile()
+        else:  # one executable per chunk length (two when the chunk does not divide the epoch)
+            counts = {min(self.chunk, S - first) for first in range(0, S, self.chunk)}
+            steps = jax.jit(run_steps, static_argnums=4)
+            self._steps = {c: steps.lower(self.state, x_epoch, y_epoch, i32, c).compile() for c in counts}
         self._eval = jax.jit(eval_batch).lower(tv, ntv, xs[0], ys[0], ms[0]).compile()
         self.compile_seconds = time.perf_counter() - started
 
@@ -217,7 +220,7 @@ class FusedTrainer:
             return "steps", losses, right
         for first in range(0, self.steps_per_epoch, self.chunk):
             count = min(self.chunk, self.steps_per_epoch - first)
-            self.state, loss, ok = self._steps(self.state, x, y, jnp.int32(first), jnp.int32(count))
+            self.state, loss, ok = self._steps[count](self.state, x, y, jnp.int32(first))
             losses.append(loss)
             right.append(ok)
         return "chunks", losses, right

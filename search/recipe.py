@@ -297,8 +297,9 @@ def run_epochs(trainer, config, *, report=None, on_epoch=None, progress=None) ->
 
 class RecipeSGD(keras.optimizers.Optimizer):
     """PyTorch's (Nesterov) SGD with coupled weight decay and per-variable lr scales, as a
-    Keras optimizer (`sgd_update` with lr * scale). `groups` holds (lr scale, decay, last step or None) for each variable,
-    in the order of the variables the optimiser is built with (the model's trainable ones)."""
+    Keras optimizer (`sgd_update` with lr * scale). `groups` holds (lr scale, decay, last
+    step or None) for each variable, in the order of the variables the optimiser is built
+    with (the model's trainable ones, as `variable_groups` lists them)."""
 
     def __init__(self, learning_rate, momentum: float, nesterov: bool, groups: list, **kwargs):
         super().__init__(learning_rate=learning_rate, name="recipe_sgd", **kwargs)
