@@ -270,8 +270,10 @@ def tiny_recipe(epochs=2, **airbench) -> RunConfig:
                      objective={"metric": "val_tta_accuracy"})
 
 
-def test_generic_path_runs_the_recipe_under_tensorflow(tiny_splits):
+def test_generic_path_runs_the_recipe_under_tensorflow(tiny_splits, tmp_path):
     import keras
+
+    from search.models import load_model
 
     seen = []
     result = train_and_evaluate(tiny_recipe(), tiny_splits, on_epoch=lambda e, m, p: seen.append((e, m, p)))
@@ -286,6 +288,9 @@ def test_generic_path_runs_the_recipe_under_tensorflow(tiny_splits):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     whiten = keras.ops.convert_to_numpy(result.model.get_layer("stem_whiten").kernel)
     assert np.abs(whiten).max() > 0  # the trainer set the filters from the data
+    result.model.save(tmp_path / "model.keras")
+    loaded = load_model(tmp_path / "model.keras")  # safe_mode=True, custom layer registered
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(tiny_splits.x_test[:4])), probs, rtol=1e-5, atol=1e-6)
 
 
 def test_generic_path_prunes_through_report(tiny_splits):
