@@ -20,6 +20,7 @@ and reports the first problem as one line: file, key path, what is wrong.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import re
 from dataclasses import asdict, dataclass
@@ -102,6 +103,62 @@ class EarlyStopping:
 
 
 @record
+class AirbenchRecipe:
+    """The airbench94 recipe (Keller Jordan, "94% on CIFAR-10 in 3.29 Seconds on a Single
+    GPU", 2024) as configuration, used when `train.recipe` is airbench.
+
+    Units are ours, not airbench's: the loss is the mean cross-entropy of a batch and
+    `learning_rate` the step size on its gradient. airbench sums the loss over the batch
+    and states lr 11.5 and decay 0.0153 "per 1024 examples", which it converts for
+    PyTorch's SGD as lr_torch = 11.5 / (1024 * (1 + 1/(1 - 0.85))) = 1.4648e-3 on the
+    summed loss, i.e. 1.4648e-3 * 1024 = 1.5 on the mean loss; its coupled decay is
+    weight_decay_torch = 0.0153 * 1024 / 11.5 = 1.3624 on the summed gradient, i.e.
+    1.3624 / 1024 = 1.33e-3 on the mean gradient, and 1.3624 / 64 / 1024 = 2.08e-5 for
+    batch-norm biases (whose step is 64x larger but whose decay is not). The update is
+    PyTorch's Nesterov SGD: g = grad + decay * w; v = momentum * v + g;
+    w -= lr * (g + momentum * v).
+    """
+
+    batch_size: int = Field(1024, ge=1)  # clipped to the training set's size
+    learning_rate: float = Field(1.5, gt=0)
+    momentum: float = Field(0.85, ge=0, lt=1)
+    nesterov: bool = True
+    label_smoothing: float = Field(0.2, ge=0, lt=1)
+    weight_decay: float = Field(1.33e-3, ge=0)  # coupled, on every trainable variable ...
+    bias_lr_scale: float = Field(64.0, gt=0)  # ... except batch-norm parameters: 64x the lr
+    bias_weight_decay: float = Field(2.08e-5, ge=0)  # ... and this decay
+    # airbench's multiplier of the learning rate: 0.2 -> 1 over the first 23% of the
+    # steps, then down to 0.07 at the end.
+    schedule: Schedule = Schedule(kind="onecycle", start_fraction=0.2, peak_fraction=0.23, final_fraction=0.07)
+    # The whitening stem's bias stops training after this many epochs (None: it always
+    # trains; airbench94's own script stops it after 3).
+    whiten_bias_epochs: Optional[float] = Field(None, ge=0)
+    # Lookahead: every `lookahead_every` steps ema = d*ema + (1-d)*w and w <- ema, with
+    # d = lookahead_decay**lookahead_every * (step/total)**lookahead_power; at the end
+    # w <- ema. Applies to every float variable (batch-norm statistics too, as airbench).
+    lookahead: bool = True
+    lookahead_every: int = Field(5, ge=1)
+    lookahead_decay: float = Field(0.95, gt=0, le=1)
+    lookahead_power: float = Field(3.0, ge=0)
+    # alternating: one random flip pattern, inverted on odd epochs (each image is seen
+    # both ways every two epochs); random: a fresh coin per image and epoch. Applies when
+    # data.augment.flip is on; data.augment.translate gives the shift (reflect padding).
+    flip: Literal["alternating", "random"] = "alternating"
+    # Test-time augmentation: 0 none; 1 mirror (mean logits of the image and its flip);
+    # 2 mirror and 1-pixel shifts: 0.5*mirror(x) + 0.25*(mirror(up-left) + mirror(down-right)).
+    tta_level: int = Field(2, ge=0, le=2)
+    # every_epoch: validation (plain and TTA) after each epoch, for pruning and curves;
+    # last_epoch: only at the end, as airbench times itself (no pruning).
+    validate: Literal["every_epoch", "last_epoch"] = "every_epoch"
+    # fused: the jitted JAX loop (search/fast.py, JAX backend only); keras: Keras fit on
+    # any backend (slower); auto: fused under JAX, else keras.
+    path: Literal["auto", "fused", "keras"] = "auto"
+    # Training steps per dispatch of the fused loop (None: one epoch per dispatch).
+    steps_per_dispatch: Optional[int] = Field(None, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+
+
+@record
 class TrainConfig:
     epochs: int = Field(10, ge=1)  # the epochs budget of one trial
     batch_size: int = Field(128, ge=1)
@@ -123,16 +180,45 @@ class TrainConfig:
     # batches: a smoother convergence signal than the per-epoch mean.
     loss_window: int = Field(20, ge=1)
     seed: int = 0
+    # standard: Keras fit with the settings above. airbench: Keller Jordan's airbench94
+    # recipe (search/recipe.py; fused JAX loop in search/fast.py) with `airbench` below
+    # in place of the optimiser settings above (epochs, precision, loss_window and seed
+    # still apply).
+    recipe: Literal["standard", "airbench"] = "standard"
+    airbench: AirbenchRecipe = AirbenchRecipe()
+
+    @model_validator(mode="after")
+    def _recipe_settings(self):
+        if self.recipe == "airbench":
+            for name in _RECIPE_REPLACES:  # set but never read: say where it belongs
+                if getattr(self, name) != getattr(_standard_train(), name):
+                    where = f"train.airbench.{name}" if name in _AIRBENCH_FIELDS else "train.airbench"
+                    raise ValueError(f"train.{name} is not used by train.recipe airbench (see {where})")
+        elif self.airbench != AirbenchRecipe():
+            raise ValueError("train.airbench is used only with train.recipe: airbench")
+        return self
+
+
+# Optimiser settings of TrainConfig that the airbench recipe replaces (train.airbench.*).
+_RECIPE_REPLACES = ("batch_size", "optimizer", "learning_rate", "momentum", "nesterov", "weight_decay",
+                    "weight_decay_mode", "schedule", "label_smoothing", "early_stopping")
+_AIRBENCH_FIELDS = set(AirbenchRecipe.__dataclass_fields__)
+
+
+@functools.cache
+def _standard_train() -> TrainConfig:
+    return TrainConfig()
 
 
 # --------------------------------------------------------------------------- objective, search
 
-METRICS = ("val_accuracy", "val_loss")
+# val_tta_accuracy: accuracy with test-time augmentation (the airbench recipe's evaluation).
+METRICS = ("val_accuracy", "val_loss", "val_tta_accuracy")
 
 
 @record
 class Objective:
-    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    metric: Literal["val_accuracy", "val_loss", "val_tta_accuracy"] = "val_accuracy"
     # None: maximize accuracies, minimize losses.
     direction: Optional[Literal["maximize", "minimize"]] = None
 
@@ -177,6 +263,11 @@ class RunConfig:
     train: TrainConfig = TrainConfig()
     objective: Objective = Objective()
 
+    @model_validator(mode="after")
+    def _recipe_fits(self):
+        _check_recipe(self)
+        return self
+
 
 @record
 class SpaceFile:
@@ -188,6 +279,22 @@ class SpaceFile:
     objective: Objective = Objective()
     search: SearchDefaults = SearchDefaults()
     params: dict[str, ParamEntry] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _recipe_fits(self):
+        _check_recipe(self)
+        return self
+
+
+def _check_recipe(config) -> None:
+    """Cross-section rules of the airbench recipe: it trains on the model's logits, and
+    only it computes the TTA accuracy."""
+    airbench = config.train.recipe == "airbench"
+    if config.objective.metric == "val_tta_accuracy" and not airbench:
+        raise ValueError("objective val_tta_accuracy needs train.recipe: airbench")
+    if airbench and (config.model.family != "vgg" or config.model.logit_scale is None):
+        raise ValueError("train.recipe airbench needs a vgg model with model.logit_scale set "
+                         "(the recipe trains on the logits layer)")
 
 
 _SPACE_FILE = TypeAdapter(SpaceFile)

@@ -35,8 +35,11 @@ EpochSink = Callable[[int, dict, list], None]  # (epoch, metrics, [(batch, runni
 
 
 def build_model(config, splits):
-    """The bare network for `config` (what gets saved and exported)."""
-    return models.build_model(config.model, splits.input_shape, splits.num_classes)
+    """The bare network for `config` (what gets saved and exported), with its
+    data-dependent weights (a whitening stem's filters) set from the training split."""
+    net = models.build_model(config.model, splits.input_shape, splits.num_classes)
+    models.fit_statistics(net, config.model, splits.x_train)
+    return net
 
 
 def augmentation(config, seed: int):
@@ -235,7 +238,13 @@ def train_and_evaluate(config, splits, *, report: Optional[Report] = None,
     Returns:
         A TrialResult; NaN/inf losses give state FAILED with the reason. Other errors
         (out of memory, an impossible shape) propagate to the caller, who records them.
+    `train.recipe: airbench` runs Keller Jordan's recipe instead (search/recipe.py; the
+    fused JAX loop of search/fast.py under JAX): same arguments, same TrialResult.
     """
+    if config.train.recipe == "airbench":
+        from search import recipe
+
+        return recipe.train_and_evaluate(config, splits, report=report, on_epoch=on_epoch, progress=progress)
     keras.utils.set_random_seed(config.train.seed)
     policy = precision_policy(config)
     previous_policy = keras.mixed_precision.dtype_policy().name

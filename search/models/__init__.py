@@ -20,3 +20,21 @@ FAMILIES: dict[str, ModuleType] = {
 def build_model(config, input_shape: tuple[int, int, int], num_classes: int):
     """Build the Keras model for a family config record."""
     return FAMILIES[config.family].build(config, input_shape, num_classes)
+
+
+def fit_statistics(model, config, x_train) -> None:
+    """Set a built model's data-dependent weights (e.g. VGG's whitening stem) from the
+    training images; families without such weights have no `fit_statistics`."""
+    fit = getattr(FAMILIES[config.family], "fit_statistics", None)
+    if fit is not None:
+        fit(model, config, x_train)
+
+
+def load_model(path):
+    """keras.models.load_model(path, safe_mode=True), with this package's custom layers
+    registered first (a fresh process knows them only after importing their module)."""
+    import keras
+
+    import search.models.layers  # noqa: F401 - registers PatchWhitening
+
+    return keras.models.load_model(path, safe_mode=True)

@@ -24,7 +24,7 @@ BlockName = Literal[
     "conv-drop-conv-drop-pool",
     "conv-pool-bn-act-conv-bn-act",
 ]
-HeadName = Literal["dense-drop", "dense-bn", "dense-bn-drop", "gap"]
+HeadName = Literal["dense-drop", "dense-bn", "dense-bn-drop", "gap", "gmp"]
 
 BLOCK_NAMES: tuple[str, ...] = BlockName.__args__
 HEAD_NAMES: tuple[str, ...] = HeadName.__args__
@@ -76,13 +76,21 @@ def conv_block(x, composition: str, filters: int, *, dropout: float, inner_dropo
 
 
 def dense_head(x, head: str, *, units: int, dropout: float, activation: str, num_classes: int,
-               output_activation: str = "softmax"):
-    """Flatten (or globally average) the feature map, then the head composition, then the
-    classifier. `gap` is All-CNN's head: global average pooling straight into the classes."""
+               output_activation: str = "softmax", use_bias: bool = True, logit_scale: float | None = None,
+               classifier_options: dict | None = None):
+    """Flatten (or globally pool) the feature map, then the head composition, then the
+    classifier. `gap` is All-CNN's head: global average pooling straight into the classes;
+    `gmp` is airbench's: global max pooling straight into the classes.
+
+    With `logit_scale` the classifier is three layers: a linear Dense, `logits` (its output
+    times the scale) and `predictions` (the softmax); trainers that need the logits (the
+    airbench recipe) read the `logits` layer. Without it, one Dense with the softmax."""
     from keras import layers
 
     if head == "gap":
         x = layers.GlobalAveragePooling2D(name="head_gap")(x)
+    elif head == "gmp":
+        x = layers.GlobalMaxPooling2D(name="head_gmp")(x)
     else:
         x = layers.Flatten(name="head_flatten")(x)
         for token in tokens(head):
@@ -93,5 +101,10 @@ def dense_head(x, head: str, *, units: int, dropout: float, activation: str, num
             elif token == "drop":
                 x = layers.Dropout(dropout, name="head_drop")(x)
     # The classifier keeps float32 outputs under mixed precision (stable softmax/loss).
-    return layers.Dense(num_classes, activation=output_activation, dtype="float32",
-                        name="predictions")(x)
+    options = classifier_options or {}
+    if logit_scale is None:
+        return layers.Dense(num_classes, activation=output_activation, use_bias=use_bias, dtype="float32",
+                            name="predictions", **options)(x)
+    x = layers.Dense(num_classes, use_bias=use_bias, dtype="float32", name="classifier", **options)(x)
+    x = layers.Rescaling(logit_scale, dtype="float32", name="logits")(x)
+    return layers.Activation(output_activation, dtype="float32", name="predictions")(x)
