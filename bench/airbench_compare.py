@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
-import os
 import statistics
 import subprocess
 import sys

@@ -8,7 +8,8 @@ validation metric); export copies it, it never retrains (keras-tuner#277, #687).
 
 The export folder:
 
-    model.keras          the model (load with keras.models.load_model(path, safe_mode=True))
+    model.keras          the model (load with search.models.load_model(path): keras's
+                         load_model with safe_mode=True, our custom layers registered)
     model.weights.h5     the same weights alone (for the same architecture built in code)
     config.yaml          the resolved configuration the run trained
     preprocessing.json   x = (pixels - mean) / std per RGB channel, pixels in 0..255;
@@ -101,7 +102,7 @@ def export(*, study: Optional[str] = None, run_id: Optional[str] = None, out: st
     tracker = Tracker(tracking_uri)
     run, source = choose_run(tracker, study, run_id)
     backend.select(chosen)
-    import keras
+    from search.models import load_model
 
     with tempfile.TemporaryDirectory() as tmp:  # nothing lands in `out` unless all of it does
         stage = Path(tmp) / "export"
@@ -111,7 +112,7 @@ def export(*, study: Optional[str] = None, run_id: Optional[str] = None, out: st
         # The logged model carries its training state (a compiled loss, an optimizer slot):
         # saved again without it, the export is for inference and loads without warnings.
         logged = tracker.download(run.run_id, MODEL_ARTIFACT, Path(tmp) / "download")
-        model = keras.models.load_model(logged, safe_mode=True, compile=False)
+        model = load_model(logged, compile=False)
         model.save(stage / "model.keras")
         model.save_weights(stage / "model.weights.h5")
         prep = json.loads((stage / "preprocessing.json").read_text())
@@ -192,9 +193,9 @@ def predict(model_dir: str | Path, images: list[str], backend_name: Optional[str
     pixels = load_images(images, (height, width))  # every file checked before the model loads
     x = (pixels - np.asarray(prep["mean"], np.float32)) / np.asarray(prep["std"], np.float32)
     backend.select(backend_name)
-    import keras
+    from search.models import load_model
 
-    model = keras.models.load_model(folder / "model.keras", safe_mode=True)
+    model = load_model(folder / "model.keras")
     probabilities = np.asarray(model.predict(x, verbose=0), dtype=float)
     names = prep["label_names"]
     return [{"image": str(path), "label": names[int(p.argmax())], "class_index": int(p.argmax()),

@@ -30,11 +30,11 @@ def fit_statistics(model, config, x_train) -> None:
         fit(model, config, x_train)
 
 
-def load_model(path):
+def load_model(path, compile: bool = True):
     """keras.models.load_model(path, safe_mode=True), with this package's custom layers
     registered first (a fresh process knows them only after importing their module)."""
     import keras
 
     import search.models.layers  # noqa: F401 - registers PatchWhitening
 
-    return keras.models.load_model(path, safe_mode=True)
+    return keras.models.load_model(path, safe_mode=True, compile=compile)
