@@ -22,7 +22,7 @@ from search.engines.kerastuner_engine import KTSuggester, declare_space, hp_call
 from search.space import CategoricalParam, FloatParam, IntParam, Space
 from tests.conftest import cli_env
 from tests.sweeps import sweep_runs
-from tests.test_backend_jax import BLOCK_TENSORFLOW
+from tests.test_backend_jax import tripwire
 from tests.test_sweep_optuna import wait_for
 
 # --------------------------------------------------------------------------- the space
@@ -348,11 +348,11 @@ def test_keras_tuner_engine_imports_under_jax_with_tensorflow_unimportable(tmp_p
     # Keras Tuner imports TensorFlow only when it is Keras's backend (it needs grpc and
     # protobuf, not TensorFlow); a whole sweep under JAX was run by hand (see README).
     pytest.importorskip("jax")
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(BLOCK_TENSORFLOW)
+    blocker, log = tripwire(tmp_path)
     result = subprocess.run([sys.executable, "-c", JAX_CHECK], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=120, env=cli_env(PYTHONPATH_EXTRA=blocker, KERAS_BACKEND="jax"))
+                            timeout=120, env=cli_env(PYTHONPATH_EXTRA=blocker, KERAS_BACKEND="jax",
+                                                     TF_TRIPWIRE_LOG=log))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not log.exists(), f"tensorflow import attempted: {log.read_text()}"
     assert json.loads(result.stdout.splitlines()[-1]) == {"backend": "jax", "tensorflow": False,
                                                          "declared": len(SPACE.declarations())}
