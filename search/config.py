@@ -168,6 +168,14 @@ ModelConfig = Annotated[Union[tuple(m.Config for m in FAMILIES.values())], Field
 ParamEntry = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
 
 
+def _data_fits_model(model, data) -> None:
+    """A family may need particular data settings (ResNet takes raw 0..255 pixels); it says
+    so in an optional `check_data(data)` that raises ValueError."""
+    check = getattr(model, "check_data", None)
+    if check is not None:
+        check(data)
+
+
 @record
 class RunConfig:
     """Everything one training run needs: what `blocksweep train` runs, one sweep trial."""
@@ -176,6 +184,11 @@ class RunConfig:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     objective: Objective = Objective()
+
+    @model_validator(mode="after")
+    def _data_fits_model(self):
+        _data_fits_model(self.model, self.data)
+        return self
 
 
 @record
@@ -188,6 +201,11 @@ class SpaceFile:
     objective: Objective = Objective()
     search: SearchDefaults = SearchDefaults()
     params: dict[str, ParamEntry] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _data_fits_model(self):
+        _data_fits_model(self.model, self.data)
+        return self
 
 
 _SPACE_FILE = TypeAdapter(SpaceFile)
