@@ -96,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=_positive_float, default=10.0,
                    help="seconds between a running trial's heartbeats; a trial silent for 3x this is retried")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("evaluate", parents=[_common(training=False)],
+                       help="evaluate a saved model on the test set: accuracy, per class, confusion matrix")
+    p.add_argument("--model", required=True, metavar="PATH|RUN_ID",
+                   help="a .keras file, a folder holding model.keras (an export), or an MLflow run id")
+    p.add_argument("--out", help="folder for confusion_matrix.png and evaluation.json (default: evaluation/<name>)")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="Keras backend (default: as for train)")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -133,6 +141,19 @@ def cmd_run(args) -> int:
 
     metric = load_spec(args.space, None).file.objective.metric if not args.json else ""
     _print(args, asdict(summary), summary.line(metric))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from search.evaluate import evaluate
+
+    s = evaluate(args.model, data_dir=args.data_dir, out=args.out, tracking_uri=args.tracking_uri,
+                 backend_name=args.backend)
+    logged = f"; logged to run {s['run_id']}" if s["logged_to_run"] else ""
+    width = max(len(name) for name in s["per_class"])
+    per_class = "".join(f"\n  {name:<{width}}  {accuracy:.4f}" for name, accuracy in s["per_class"].items())
+    _print(args, s, f"{args.model}: test accuracy {s['accuracy']:.4f} on {s['images']} images; "
+                    f"confusion matrix {s['png']}{logged}{per_class}")
     return 0
 
 
