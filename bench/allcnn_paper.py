@@ -3,7 +3,7 @@ augmentation (flips and translations), 9.08% without (Springenberg et al., ICLR 
 
     python bench/allcnn_paper.py --data-dir DIR [--arm augmented|plain ...] [--lr 0.25 0.1 0.05 0.01]
                                  [--epochs 350] [--train-size N] [--test-size N] [--backend jax]
-                                 [--out DIR] [--tracking-uri URI]
+                                 [--out DIR] [--tracking-uri URI] [--set KEY=VALUE ...]
 
 Each (arm, learning rate) is one `blocksweep train` of spaces/allcnn.yaml with that rate
 (the space's grid: 0.25, 0.1, 0.05, 0.01), logged into experiment `allcnn-paper`. By
@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--tracking-uri")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other config value, e.g. train.precision=float32")
     args = parser.parse_args()
 
     from search import commands
@@ -69,7 +71,7 @@ def main() -> None:
             start = time.perf_counter()
             try:
                 s = commands.train(str(SPACE), overrides=overrides(arm, lr, args.epochs, args.train_size,
-                                                                   args.test_size),
+                                                                   args.test_size) + args.set,
                                    data_dir=args.data_dir, backend_name=args.backend, tracking_uri=args.tracking_uri,
                                    experiment="allcnn-paper", quiet=True)
                 row = {"arm": arm, "learning_rate": lr, "val_accuracy": s["objective"], "best_epoch": s["best_epoch"],

@@ -87,7 +87,8 @@ def embeddings(base, config, splits, policy: str) -> Embeddings:
             inputs = keras.Input(splits.input_shape)
             # The same base layer on a second graph: shared weights, inference mode.
             extractor = keras.Model(inputs, base(resnet50.front(inputs, config.model), training=False))
-            arrays = {name: extractor.predict(x, batch_size=EMBED_BATCH, verbose=0)
+            # float32 whatever the precision policy: bf16 outputs do not round-trip through .npz.
+            arrays = {name: extractor.predict(x, batch_size=EMBED_BATCH, verbose=0).astype(np.float32)
                       for name, x in (("train", splits.x_train), ("val", splits.x_val), ("test", splits.x_test))}
             tmp = path.with_name(f"{key}.tmp.npz")
             np.savez(tmp, **arrays)
@@ -134,9 +135,10 @@ def _train(config, splits, report, on_epoch, progress) -> TrialResult:
         base, head = net.get_layer(resnet50.BASE), net.get_layer(resnet50.HEAD)
         weights.assign(base, source)
         base.trainable = False
-        cache = embeddings(base, config, splits, policy)
-
         head_epochs = config.train.epochs if m.scheme == "features" else m.head_epochs
+        # Fine-tuning without head epochs never reads embeddings: none are computed then.
+        cache = embeddings(base, config, splits, policy) if head_epochs else None
+
         total_epochs = head_epochs + (config.train.epochs if m.scheme == "finetune" else 0)
         monitor = TrialMonitor(config, len(splits.x_train), report, on_epoch, progress,
                                keep=net, total_epochs=total_epochs)
@@ -188,17 +190,18 @@ def _fit(model, config, train, validation, monitor, *, first: int, last: int, le
               validation_data=validation, callbacks=[monitor], verbose=0, shuffle=True)
 
 
-def _record(config, source, cache: Embeddings, split: dict, head_epochs: int) -> dict:
+def _record(config, source, cache: Optional[Embeddings], split: dict, head_epochs: int) -> dict:
     """What the run logs about the transfer: params, tags, artifacts."""
     params = {"transfer.source": source.description, "transfer.source_kind": source.kind,
-              "transfer.embeddings": "cached" if cache.cached else "computed",
-              "transfer.embedding_key": cache.key, "transfer.embedding_seconds": round(cache.seconds, 2),
+              "transfer.embeddings": "unused" if cache is None else "cached" if cache.cached else "computed",
               "transfer.head_epochs": head_epochs,
               # Embeddings are computed once, so the head sees no augmentation; phase 2 does.
               "transfer.head_augmented": False}
     for group, counts in split.items():
         params[f"transfer.trainable_weights.{group}"] = counts["trainable_weights"]
         params[f"transfer.trainable_params.{group}"] = counts["trainable_params"]
+    if cache is not None:
+        params.update({"transfer.embedding_key": cache.key, "transfer.embedding_seconds": round(cache.seconds, 2)})
     tags = {"blocksweep.embeddings": params["transfer.embeddings"], "blocksweep.transfer_source": source.description}
     artifacts = {"trainable.json": json.dumps(split, indent=2)}
     if source.details:

@@ -99,7 +99,8 @@ def load(config, *, data_folder: Optional[str] = None, tracking_uri: Optional[st
     `data_folder` is where the CIFAR-10 batches are (a pretrain source trains on them);
     `announce` prints one line on stderr before a source task is pre-trained (minutes)."""
     kind, path = kind_of(config.weights)
-    memo_key = (config.weights, config.width, tuple(config.stage_blocks), _stamp(path))
+    memo_key = (config.weights, config.width, tuple(config.stage_blocks), _stamp(path),
+                data_folder if kind == "pretrain" else None)
     if memo_key in _MEMO:
         return _MEMO[memo_key]
     if kind == "imagenet":

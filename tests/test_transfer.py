@@ -104,6 +104,7 @@ def test_finetuning_changes_the_unfrozen_convolutions_only(workdir, splits, sour
             changed.add(layer.name)
     assert changed == {"conv5_block1_0_conv", "conv5_block1_1_conv", "conv5_block1_2_conv", "conv5_block1_3_conv"}
     assert result.params["transfer.trainable_weights.conv5"] == 8
+    assert result.params["transfer.embeddings"] == "unused"  # no head epochs: no embeddings computed
     assert json.loads(result.artifacts["trainable.json"])["conv4"]["trainable_weights"] == 0
 
 
