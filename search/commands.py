@@ -60,7 +60,8 @@ def train(space: str, *, overrides: list[str] | None = None, data_dir: Optional[
     run = tracker.start_run(exp_id, spec.name, {**_environment(spec, chosen), "blocksweep.role": "train",
                                                 "blocksweep.space": spec.path})
     run.log_text(spec.text, "space.yaml")
-    bar = EpochBar(config.train.epochs, desc=spec.name, enabled=not quiet)
+    epochs = getattr(config.model, "trial_epochs", lambda e: e)(config.train.epochs)  # + a ResNet's head epochs
+    bar = EpochBar(epochs, desc=spec.name, enabled=not quiet)
     try:
         result = train_tracked(config, splits, run, progress=bar, title=spec.name)
     finally:

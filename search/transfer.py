@@ -139,7 +139,7 @@ def _train(config, splits, report, on_epoch, progress) -> TrialResult:
         # Fine-tuning without head epochs never reads embeddings: none are computed then.
         cache = embeddings(base, config, splits, policy) if head_epochs else None
 
-        total_epochs = head_epochs + (config.train.epochs if m.scheme == "finetune" else 0)
+        total_epochs = m.trial_epochs(config.train.epochs)
         monitor = TrialMonitor(config, len(splits.x_train), report, on_epoch, progress,
                                keep=net, total_epochs=total_epochs)
         # Phase 1: the head alone, on the embeddings (scheme 1's whole training).

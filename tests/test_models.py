@@ -90,6 +90,12 @@ def test_allcnn_c_layer_list_matches_the_paper():
     assert model.count_params() == 1_369_738
 
 
+def test_allcnn_class_scores_can_drop_their_relu():
+    model = build_model(allcnn.Config(width=0.1, class_relu=False), (32, 32, 3), 10)
+    assert model.get_layer("conv9_classes").activation.__name__ == "linear"
+    assert model.get_layer("conv8").activation.__name__ == "relu"
+
+
 def test_registry_maps_every_family_name_to_its_module():
     for name, module in FAMILIES.items():
         assert module.Config().family == name

@@ -87,6 +87,10 @@ class Config:
         ordinary trainer."""
         return self.scheme != "scratch"
 
+    def trial_epochs(self, train_epochs: int) -> int:
+        """Epochs a trial runs: fine-tuning adds its head epochs before train.epochs."""
+        return train_epochs + (self.head_epochs if self.scheme == "finetune" else 0)
+
     def check_data(self, data) -> None:
         """ResNet's preprocessing is inside the model and expects pixels 0..255; the data
         pipeline's own standardisation would feed it values around 0 instead (and the
