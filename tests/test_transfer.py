@@ -152,6 +152,15 @@ def test_a_head_only_change_trains_on_the_cached_embeddings_and_says_so(cli, wri
     assert second.params["transfer.embeddings"] == "cached"
     assert second.params["transfer.embedding_key"] == first.params["transfer.embedding_key"]
     assert second.params["model.head"] == "dense-drop" and "test_accuracy" in second.metrics
+    # A run id is a weights source too (its model/model.keras). Scheme 1 left that run's base
+    # as it found it, so the same weights give the same key: the cache follows the weights'
+    # contents, not the name they were passed by.
+    run_id = runs[0].info.run_id
+    assert cli("train", space, "--data-dir", tiny_cifar, "--quiet", "--set", f"model.weights={run_id}") == 0
+    third = client.search_runs([runs[0].info.experiment_id], order_by=["attributes.start_time DESC"])[0].data
+    assert third.params["transfer.source_kind"] == "run" and run_id in third.params["transfer.source"]
+    assert third.params["transfer.embeddings"] == "cached"
+    assert third.params["transfer.embedding_key"] == first.params["transfer.embedding_key"]
 
 
 # --------------------------------------------------------------------------- weights that do not fit
@@ -185,6 +194,18 @@ def deeper_resnet(folder):
     path = folder / "deeper.keras"
     build_model(resnet50.Config(**{**TINY, "stage_blocks": (1, 1, 2, 1)}), (32, 32, 3), 10).save(path)
     return path
+
+
+def test_an_export_folder_is_a_weights_source(tmp_path, source):
+    from search import weights
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "model.keras").write_bytes(source.read_bytes())
+    loaded = weights.load(resnet50.Config(**TINY, scheme="features", weights=str(folder)))
+    assert loaded.kind == "export"
+    for got, want in zip(loaded.arrays, base_weights(source).get_weights()):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("make,words", [
