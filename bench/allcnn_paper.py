@@ -90,7 +90,8 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     Path(args.out, "allcnn_paper.json").write_text(json.dumps(
         {"epochs": args.epochs, "train_size": args.train_size, "test_size": args.test_size, "rows": rows}, indent=2))
-    print("\n| arm | lr | val acc | test error % | paper % | img/s | wall s |\n| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| arm | lr | val acc | test error % | paper % | img/s | wall s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         if "failed" in r:
             print(f"| {r['arm']} | {r['learning_rate']} | failed: {r['failed'][:60]} | | {PAPER_ERROR[r['arm']]} | | "

@@ -163,7 +163,7 @@ def test_a_head_only_change_trains_on_the_cached_embeddings_and_says_so(cli, wri
     assert third.params["transfer.embedding_key"] == first.params["transfer.embedding_key"]
 
 
-# --------------------------------------------------------------------------- weights sources, and weights that do not fit
+# --------------------------------------------------------------- weights sources, and weights that do not fit
 
 SPACE = """\
 name: resnet
