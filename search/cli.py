@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--backend", choices=BACKENDS, default=None)
     p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("ui", help="serve the MLflow UI (and optuna-dashboard) on the project's stores")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this "
                                                        "machine only; the UI has no login)")
@@ -161,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dashboard-port", type=_port, default=8080, help="optuna-dashboard port (default: 8080)")
     p.add_argument("--storage", help="Optuna storage for --dashboard (default: sqlite:///mlruns/optuna.db)")
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("evaluate", parents=[_common(training=False)],
+                       help="evaluate a saved model on the test set: accuracy, per class, confusion matrix")
+    p.add_argument("--model", required=True, metavar="PATH|RUN_ID",
+                   help="a .keras file, a folder holding model.keras (an export), or an MLflow run id")
+    p.add_argument("--out", help="folder for confusion_matrix.png and evaluation.json (default: evaluation/<name>)")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="Keras backend (default: as for train)")
+    p.set_defaults(func=cmd_evaluate)
     parser.subcommands = sub.choices  # name -> subparser (for worker_argv)
     return parser
 
@@ -267,6 +276,8 @@ def cmd_predict(args) -> int:
     lines = "\n".join(f"{r['image']}: {r['label']} ({r['probability']:.3f})" for r in rows)
     _print(args, rows, lines)
     return 0
+
+
 def cmd_ui(args) -> int:
     from search import services
 
@@ -277,6 +288,19 @@ def cmd_ui(args) -> int:
     except services.ServiceFailed as err:
         print(f"blocksweep ui: {err}", file=sys.stderr)
         return 1
+
+
+def cmd_evaluate(args) -> int:
+    from search.evaluate import evaluate
+
+    s = evaluate(args.model, data_dir=args.data_dir, out=args.out, tracking_uri=args.tracking_uri,
+                 backend_name=args.backend)
+    logged = f"; logged to run {s['run_id']}" if s["logged_to_run"] else ""
+    width = max(len(name) for name in s["per_class"])
+    per_class = "".join(f"\n  {name:<{width}}  {accuracy:.4f}" for name, accuracy in s["per_class"].items())
+    _print(args, s, f"{args.model}: test accuracy {s['accuracy']:.4f} on {s['images']} images; "
+                    f"confusion matrix {s['png']}{logged}{per_class}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

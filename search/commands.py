@@ -18,6 +18,14 @@ def _load_data(data_dir, data_config):
     return prepare(load_cifar10(data_dir), data_config)
 
 
+def _check_model(config, tracking_uri: Optional[str]) -> None:
+    """The model family's own checks, which may need Keras (a ResNet's pre-trained weights
+    exist and fit its architecture): bad input is refused before any data or run."""
+    from search.models import check
+
+    check(config.model, tracking_uri=tracking_uri)
+
+
 def _environment(spec, backend_name: str) -> dict:
     from search.backend import device_kind
     from search.tracking import environment_tags
@@ -40,6 +48,7 @@ def train(space: str, *, overrides: list[str] | None = None, data_dir: Optional[
     except ValueError as err:
         raise UsageError(f"{spec.path}: the parameters' defaults do not fit together: {err}") from None
     chosen = backend.select(backend_name)
+    _check_model(config, tracking_uri)
     splits = _load_data(data_dir, config.data)
 
     from search.progress import EpochBar
@@ -51,7 +60,8 @@ def train(space: str, *, overrides: list[str] | None = None, data_dir: Optional[
     run = tracker.start_run(exp_id, spec.name, {**_environment(spec, chosen), "blocksweep.role": "train",
                                                 "blocksweep.space": spec.path})
     run.log_text(spec.text, "space.yaml")
-    bar = EpochBar(config.train.epochs, desc=spec.name, enabled=not quiet)
+    epochs = getattr(config.model, "trial_epochs", lambda e: e)(config.train.epochs)  # + a ResNet's head epochs
+    bar = EpochBar(epochs, desc=spec.name, enabled=not quiet)
     try:
         result = train_tracked(config, splits, run, progress=bar, title=spec.name)
     finally:
@@ -90,6 +100,7 @@ def sweep(space: str, *, engine: Optional[str] = None, trials: Optional[int] = N
     if not spec.space.params:
         raise UsageError(f"{spec.path}: params: the space has no parameters to search (use `blocksweep train`)")
     chosen = backend.select(backend_name)
+    _check_model(spec.base_config(), tracking_uri)
 
     from search.engines import get_engine
     from search.progress import SweepBar

@@ -254,6 +254,14 @@ ModelConfig = Annotated[Union[tuple(m.Config for m in FAMILIES.values())], Field
 ParamEntry = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
 
 
+def _data_fits_model(model, data) -> None:
+    """A family may need particular data settings (ResNet takes raw 0..255 pixels); it says
+    so in an optional `check_data(data)` that raises ValueError."""
+    check = getattr(model, "check_data", None)
+    if check is not None:
+        check(data)
+
+
 @record
 class RunConfig:
     """Everything one training run needs: what `blocksweep train` runs, one sweep trial."""
@@ -264,8 +272,9 @@ class RunConfig:
     objective: Objective = Objective()
 
     @model_validator(mode="after")
-    def _recipe_fits(self):
+    def _sections_fit(self):
         _check_recipe(self)
+        _data_fits_model(self.model, self.data)
         return self
 
 
@@ -281,8 +290,9 @@ class SpaceFile:
     params: dict[str, ParamEntry] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _recipe_fits(self):
+    def _sections_fit(self):
         _check_recipe(self)
+        _data_fits_model(self.model, self.data)
         return self
 
 

@@ -29,6 +29,12 @@ class TrialResult:
     images_per_second: float = 0.0
     reason: str = ""
     model: Any = field(default=None, compare=False, repr=False)  # best-epoch weights
+    # What the run should also record, beyond the config and metrics (transfer learning:
+    # the weights source, the embedding cache, the trainable split): MLflow params, tags,
+    # and text artifacts by file name.
+    params: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict)
+    artifacts: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """The scalar results, as logged and printed with --json."""

@@ -51,6 +51,13 @@ def log_results(run: RunLog, config, result: TrialResult, title: str = "") -> No
         final["best_epoch"] = result.best_epoch
     final.update(result.test)
     run.log_metrics(final)
+    # What the trainer chose to record besides (transfer learning: source, cache, split).
+    if result.params:
+        run.log_params(result.params)
+    if result.tags:
+        run.set_tags(result.tags)
+    for name, text in result.artifacts.items():
+        run.log_text(text, name)
     if result.history:
         with tempfile.TemporaryDirectory() as tmp:
             run.log_file(plots.curves(result.history, Path(tmp) / "curves.png", title=title))

@@ -40,8 +40,8 @@ from mlflow.tracking import MlflowClient
 import search
 from search import stores
 from search.errors import UsageError
+from search.store import STORE  # the local store: MLflow's database, artifacts, studies
 
-STORE = Path("mlruns")  # the project's local store: MLflow's database, artifacts, studies
 # MLflow announces every schema migration of a new SQLite store at INFO; keep the
 # terminal for our own progress display.
 logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -96,6 +96,43 @@ def environment_tags(family: str, backend: str, device: str) -> dict[str, str]:
     if commit:
         tags["blocksweep.git_commit"] = commit
     return tags
+
+
+def current_uri() -> str:
+    """The store this process logs to: the one a `Tracker` set, else the default."""
+    return mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else default_tracking_uri()
+
+
+def fetch_run_files(run_id: str, paths: Iterable[str], dst: str | Path, uri: Optional[str] = None,
+                    what: str = "run") -> dict[str, Optional[Path]]:
+    """Download artifacts of a run (e.g. `model/model.keras`, `preprocessing.json`) into
+    `dst`: {artifact path: local path, or None when the run has no such artifact}. A run
+    that does not exist is a UsageError naming `what` (the flag or key that gave the id)."""
+    uri = uri or current_uri()
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise UsageError(f"{what} {run_id}: no such MLflow run in {uri}") from None
+    except Exception as err:  # unreachable server, bad database file
+        raise UsageError(f"{what} {run_id}: cannot read the MLflow store {uri} ({err.__class__.__name__})") from None
+    found: dict[str, Optional[Path]] = {}
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # one bar per file otherwise, on stderr
+    saved = {k: os.environ.get(k) for k in quiet}
+    os.environ.update(quiet)
+    try:
+        for path in paths:
+            try:
+                found[path] = Path(client.download_artifacts(run_id, path, str(dst)))
+            except (MlflowException, OSError):
+                found[path] = None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return found
 
 
 # --------------------------------------------------------------------------- one run

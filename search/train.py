@@ -4,6 +4,8 @@
 point for `blocksweep train` and for every engine's trials. It learns of pruning only
 through `report(epoch, objective) -> bool` (True: stop now, the trial is pruned), and
 hands each epoch's metrics to `on_epoch` (the tracker logs them in one batched call).
+Transfer-learning schemes (a ResNet's `features` / `finetune`) take the same door: it hands
+them to search/transfer.py, which reuses the pieces below.
 
 The run, in order: seed -> precision policy -> model -> optimizer and schedule -> fit with
 the `TrialMonitor` callback (timing, loss window, NaN check, best weights, pruning, early
@@ -121,8 +123,13 @@ class TrialMonitor(keras.callbacks.Callback):
     reports to the pruner and applies early stopping."""
 
     def __init__(self, config, train_images: int, report: Optional[Report] = None,
-                 on_epoch: Optional[EpochSink] = None, progress=None):
+                 on_epoch: Optional[EpochSink] = None, progress=None, keep=None,
+                 total_epochs: Optional[int] = None):
+        """`keep`: the model whose weights the best epoch keeps (default: the one being fit;
+        transfer learning fits the head, then the whole classifier). `total_epochs`: the
+        trial's last epoch when it spans several `fit` calls (default: this fit's last)."""
         super().__init__()
+        self.keep, self.total_epochs = keep, total_epochs
         self.objective = config.objective
         self.window = config.train.loss_window
         self.patience = config.train.early_stopping.patience
@@ -194,10 +201,10 @@ class TrialMonitor(keras.callbacks.Callback):
             improved_enough = self.best_value is None or abs(value - self.best_value) >= self.min_delta
             self.since_best = 0 if improved_enough else self.since_best + 1
             self.best_value, self.best_epoch = value, epoch + 1
-            self.best_weights = self.model.get_weights()
+            self.best_weights = (self.model if self.keep is None else self.keep).get_weights()
         else:
             self.since_best += 1
-        last_epoch = epoch + 1 >= self.params.get("epochs", 0)
+        last_epoch = epoch + 1 >= (self.total_epochs or self.params.get("epochs", 0))
         # Report every epoch (the pruner learns from it); a prune decision after the last
         # epoch would save nothing, so a fully trained trial counts as completed.
         if self.report is not None and self.report(epoch + 1, value) and not last_epoch:
@@ -245,6 +252,12 @@ def train_and_evaluate(config, splits, *, report: Optional[Report] = None,
         from search import recipe
 
         return recipe.train_and_evaluate(config, splits, report=report, on_epoch=on_epoch, progress=progress)
+    if getattr(config.model, "transfers", False):
+        # A transfer-learning scheme (ResNet features / finetune): two phases, cached
+        # embeddings; same arguments, same result (see search/transfer.py).
+        from search import transfer
+
+        return transfer.train_and_evaluate(config, splits, report=report, on_epoch=on_epoch, progress=progress)
     keras.utils.set_random_seed(config.train.seed)
     policy = precision_policy(config)
     previous_policy = keras.mixed_precision.dtype_policy().name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from search.models import FAMILIES, allcnn, build_model, vgg
+from search.models import FAMILIES, allcnn, build_model, resnet50, vgg
 
 # Layer kinds of one block, as built: conv is followed by its activation unless the
 # composition places `act` itself.
@@ -90,7 +90,86 @@ def test_allcnn_c_layer_list_matches_the_paper():
     assert model.count_params() == 1_369_738
 
 
+def test_allcnn_class_scores_can_drop_their_relu():
+    model = build_model(allcnn.Config(width=0.1, class_relu=False), (32, 32, 3), 10)
+    assert model.get_layer("conv9_classes").activation.__name__ == "linear"
+    assert model.get_layer("conv8").activation.__name__ == "relu"
+
+
 def test_registry_maps_every_family_name_to_its_module():
     for name, module in FAMILIES.items():
         assert module.Config().family == name
         assert callable(module.build)
+
+
+# --------------------------------------------------------------------------- resnet50
+
+TINY_RESNET = dict(input_size=32, width=0.125, stage_blocks=(1, 1, 1, 1))
+
+
+def test_resnet50_is_keras_resnet50_behind_a_resize_and_a_head():
+    import keras
+
+    model = build_model(resnet50.Config(), (32, 32, 3), 10)
+    assert kinds(model) == ["Resizing", "Functional", "Functional"]  # preprocess_input is ops, not layers
+    assert model.get_layer("resize").output.shape[1:] == (64, 64, 3)
+    base = model.get_layer(resnet50.BASE)
+    reference = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3))
+    assert [layer.name for layer in base.layers[1:]] == [layer.name for layer in reference.layers[1:]]
+    assert base.count_params() == 23_587_712  # ResNet50 without its top
+    assert base.output.shape[1:] == (2, 2, 2048)  # 64x64 in, stride 32
+    # gap head: global average pooling, then 2048 x 10 + 10 into the classes
+    assert kinds(model.get_layer(resnet50.HEAD)) == HEAD_LAYERS["gap"]
+    assert model.count_params() == 23_587_712 + 20_490
+
+
+def test_resnet50_head_comes_from_the_vgg_head_vocabulary():
+    config = resnet50.Config(**TINY_RESNET, head="dense-bn-drop", dense_units=16)
+    head = build_model(config, (32, 32, 3), 10).get_layer(resnet50.HEAD)
+    assert kinds(head) == HEAD_LAYERS["dense-bn-drop"]
+
+
+def test_reduced_resnet_keeps_keras_topology_and_layer_names_at_full_size():
+    import keras
+
+    ours = resnet50.resnet_v1((32, 32, 3), 1.0, (3, 4, 6, 3))
+    reference = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+
+    def layout(model):
+        return [(layer.name, layer.__class__.__name__, [tuple(w.shape) for w in layer.weights])
+                for layer in model.layers[1:]]
+
+    assert layout(ours) == layout(reference)
+
+
+def test_tiny_resnet_parameter_count_is_pinned():
+    # width 1/8 (stem 8 channels; bottlenecks 8/16/32/64, outputs 32..256), one block per
+    # stage; by hand: conv1 1,216 + conv2 1,552 + conv3 6,688 + conv4 25,152 + conv5 97,408
+    model = build_model(resnet50.Config(**TINY_RESNET), (32, 32, 3), 10)
+    assert {resnet50.stage_of(layer.name) for layer in model.get_layer(resnet50.BASE).layers[1:]} == set(
+        resnet50.STAGES)
+    assert model.get_layer(resnet50.BASE).count_params() == 132_016
+    assert model.count_params() == 132_016 + 256 * 10 + 10
+
+
+def test_resnet_preprocessing_is_inside_the_model():
+    """The classifier takes raw 0..255 pixels: it equals head(base(preprocess_input(x)))."""
+    import keras
+    import numpy as np
+
+    model = build_model(resnet50.Config(**TINY_RESNET), (32, 32, 3), 10)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    by_hand = keras.applications.resnet50.preprocess_input(x.copy())  # numpy: BGR, minus the mean
+    manual = model.get_layer(resnet50.HEAD)(model.get_layer(resnet50.BASE)(by_hand, training=False))
+    np.testing.assert_allclose(model(x, training=False), manual, rtol=1e-4, atol=1e-6)
+
+
+def test_resnet_refuses_standardised_pixels_and_transfer_without_weights():
+    from search.config import DataConfig, RunConfig
+
+    with pytest.raises(ValueError, match="data.normalize must be false"):
+        RunConfig(model=resnet50.Config(), data=DataConfig(normalize=True))
+    with pytest.raises(ValueError, match="scheme features transfers pre-trained weights"):
+        resnet50.Config(scheme="features")
+    with pytest.raises(ValueError, match="imagenet fit only the full ResNet50"):
+        resnet50.Config(width=0.5, weights="imagenet")

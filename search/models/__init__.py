@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from search.models import allcnn, vgg
+from search.models import allcnn, resnet50, vgg
 
 FAMILIES: dict[str, ModuleType] = {
     "vgg": vgg,
     "allcnn": allcnn,
+    "resnet50": resnet50,
 }
 
 
@@ -38,3 +39,9 @@ def load_model(path, compile: bool = True):
     import search.models.layers  # noqa: F401 - registers PatchWhitening
 
     return keras.models.load_model(path, safe_mode=True, compile=compile)
+def check(config, **context) -> None:
+    """A family's own checks before anything trains (a ResNet's weights file exists and fits
+    its architecture); they may need Keras, so call them after `backend.select`."""
+    hook = getattr(FAMILIES[config.family], "check", None)
+    if hook is not None:
+        hook(config, **context)

@@ -1,0 +1,77 @@
+"""`blocksweep evaluate`: a saved model on the test set gives the accuracy its training
+logged (same test split, same preprocessing), per class, with a confusion matrix that goes
+back into the run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+
+@pytest.fixture
+def trained_run(cli, capsys, write_space, tiny_cifar, tracking_uri):
+    """A tiny VGG trained by `blocksweep train` (test_size 100 of the 200 test images)."""
+    assert cli("train", write_space(), "--data-dir", tiny_cifar, "--quiet", "--json") == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    return MlflowClient(tracking_uri).get_run(run_id)
+
+
+def test_evaluating_a_run_gives_the_accuracy_its_training_logged(cli, capsys, trained_run, tiny_cifar,
+                                                                tracking_uri, workdir):
+    run_id = trained_run.info.run_id
+    assert cli("evaluate", "--model", run_id, "--data-dir", tiny_cifar, "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 100  # the run's test subset, not the whole test set
+    assert summary["accuracy"] == pytest.approx(trained_run.data.metrics["test_accuracy"], abs=1e-6)
+    matrix = summary["confusion_matrix"]
+    assert sum(map(sum, matrix)) == 100 and sum(matrix[i][i] for i in range(10)) == round(summary["accuracy"] * 100)
+    assert summary["per_class"]["airplane"] == pytest.approx(matrix[0][0] / sum(matrix[0]))
+    assert (workdir / "evaluation" / run_id / "confusion_matrix.png").stat().st_size > 0
+    # ... and the run now holds the evaluation too.
+    client = MlflowClient(tracking_uri)
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["evaluate_test_accuracy"] == summary["accuracy"]
+    assert metrics["evaluate_accuracy.truck"] == summary["per_class"]["truck"]
+    assert {a.path for a in client.list_artifacts(run_id, "evaluation")} == {
+        "evaluation/confusion_matrix.png", "evaluation/evaluation.json"}
+
+
+def test_evaluate_prints_the_accuracy_and_one_line_per_class(cli, capsys, trained_run, tiny_cifar, tmp_path):
+    assert cli("evaluate", "--model", trained_run.info.run_id, "--data-dir", tiny_cifar, "--out", tmp_path) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{trained_run.info.run_id}: test accuracy ")
+    assert f"confusion matrix {tmp_path / 'confusion_matrix.png'}" in lines[0]
+    assert [line.split()[0] for line in lines[1:]] == ["airplane", "automobile", "bird", "cat", "deer", "dog",
+                                                       "frog", "horse", "ship", "truck"]
+
+
+def test_an_export_folder_is_evaluated_with_the_files_beside_its_model(cli, capsys, trained_run, tiny_cifar,
+                                                                      tmp_path, tracking_uri):
+    """An export folder carries model.keras, preprocessing.json and config.yaml: the same
+    test split and constants as the run, so the same accuracy, and nothing is logged."""
+    run_id = trained_run.info.run_id
+    client = MlflowClient(tracking_uri)
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for artifact in ("model/model.keras", "preprocessing.json", "config.yaml"):
+        client.download_artifacts(run_id, artifact, str(folder))
+    assert cli("evaluate", "--model", folder, "--data-dir", tiny_cifar, "--json", "--out", tmp_path / "out") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kind"] == "export" and not summary["logged_to_run"]
+    assert summary["accuracy"] == pytest.approx(trained_run.data.metrics["test_accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("model,words", [
+    ("absent.keras", ["--model absent.keras", "no such file or folder"]),
+    ("0123456789abcdef0123456789abcdef", ["--model 0123456789abcdef0123456789abcdef", "no such MLflow run"]),
+    ("{space}", ["expected a .keras model file"]),
+])
+def test_a_model_that_is_not_there_is_one_line_and_exit_2(cli, capsys, write_space, tiny_cifar, tracking_uri,
+                                                          model, words):
+    code = cli("evaluate", "--model", model.format(space=write_space()), "--data-dir", tiny_cifar)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("blocksweep: error:")
+    for word in words:
+        assert word in err
