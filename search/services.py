@@ -31,15 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from search import procs, stores
+from search import procs, store, store_urls
 from search.errors import UsageError
-
-# The embedded store's layout (search/tracking.py and engines/optuna_engine.py use the same;
-# tests/test_services.py checks that they agree).
-STORE = Path("mlruns")
-MLFLOW_DB = "mlflow.db"
-OPTUNA_DB = "optuna.db"
-ARTIFACTS = "artifacts"
 
 START_SECONDS = 180.0  # how long a server may take to answer (MLflow migrating a new database: ~20 s here)
 STOP_SECONDS = 10.0  # grace before what is left of a server is killed
@@ -59,17 +52,17 @@ class Server:
 def default_backend_store() -> str:
     """$MLFLOW_TRACKING_URI when it names a database, else sqlite:///<abs>/mlruns/mlflow.db."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env and stores.kind(env) not in ("http", "https", "databricks"):
+    if env and store_urls.kind(env) not in ("http", "https", "databricks"):
         return env
-    return f"sqlite:///{(STORE / MLFLOW_DB).resolve()}"
+    return store.mlflow_url()
 
 
 def default_storage() -> str:
-    return f"sqlite:///{(STORE / OPTUNA_DB).resolve()}"
+    return store.optuna_url()
 
 
 def default_artifacts() -> Path:
-    return (STORE / ARTIFACTS).resolve()
+    return store.artifacts_dir()
 
 
 def is_loopback(host: str) -> bool:
@@ -102,12 +95,12 @@ def _check_port_free(host: str, port: int, flag: str) -> None:
 
 
 def _check_database(uri: str, flag: str) -> None:
-    scheme = stores.kind(uri)
+    scheme = store_urls.kind(uri)
     if scheme in ("http", "https", "databricks"):
-        raise UsageError(f"{flag} {stores.redact(uri)}: that is a server already; open it in a browser "
+        raise UsageError(f"{flag} {store_urls.redact(uri)}: that is a server already; open it in a browser "
                          f"(blocksweep ui serves a database)")
     if scheme == "sqlite":
-        path = stores.sqlite_path(uri)
+        path = store_urls.sqlite_path(uri)
         if path is None:
             raise UsageError(f"{flag} {uri}: an in-memory database cannot be shared with a server")
         try:
@@ -227,9 +220,9 @@ def ui(*, host: str = "127.0.0.1", port: int = 5000, backend_store_uri: Optional
                 children.append(procs.Child(server.name, server.argv, env=server.env, prefix=f"[{server.name}] "))
             for server, child in zip(servers, children):
                 wait_until_up(server, child, start_seconds)
-            say(f"MLflow UI: {servers[0].url} (store {stores.redact(uri)}; artifacts {artifacts})")
+            say(f"MLflow UI: {servers[0].url} (store {store_urls.redact(uri)}; artifacts {artifacts})")
             if dashboard:
-                say(f"Optuna dashboard: {servers[1].url} (storage {stores.redact(servers[1].argv[1])})")
+                say(f"Optuna dashboard: {servers[1].url} (storage {store_urls.redact(servers[1].argv[1])})")
             say("Ctrl-C stops.")
             gone = procs.wait_any(children)
             raise ServiceFailed(f"the {gone.name} server stopped by itself (exit code {gone.poll()})",

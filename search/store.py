@@ -19,6 +19,25 @@ import os
 from pathlib import Path
 
 STORE = Path("mlruns")
+MLFLOW_DB = "mlflow.db"
+OPTUNA_DB = "optuna.db"
+ARTIFACTS = "artifacts"
+
+
+def mlflow_url() -> str:
+    """The embedded MLflow store: sqlite:///<abs>/mlruns/mlflow.db."""
+    return f"sqlite:///{(STORE / MLFLOW_DB).resolve()}"
+
+
+def optuna_url() -> str:
+    """The embedded study storage: sqlite:///<abs>/mlruns/optuna.db (the folder created)."""
+    STORE.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(STORE / OPTUNA_DB).resolve()}"
+
+
+def artifacts_dir() -> Path:
+    """Where artifacts of the embedded store live: mlruns/artifacts/<experiment>/."""
+    return (STORE / ARTIFACTS).resolve()
 
 
 def cache_dir(name: str) -> Path:

@@ -38,9 +38,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 import search
-from search import stores
+from search import store_urls
 from search.errors import UsageError
-from search.store import STORE  # the local store: MLflow's database, artifacts, studies
+from search import store
 
 # MLflow announces every schema migration of a new SQLite store at INFO; keep the
 # terminal for our own progress display.
@@ -62,9 +62,9 @@ SEARCH_PAGE = 50_000  # MLflow's SQL store returns at most 50,000 runs per searc
 # --------------------------------------------------------------------------- where
 
 
-def default_tracking_uri(store: Path = STORE) -> str:
-    """sqlite:///<abs path>/mlruns/mlflow.db, or $MLFLOW_TRACKING_URI when set."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store.resolve() / 'mlflow.db'}"
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI when set, else the embedded store (sqlite:///<abs>/mlruns/mlflow.db)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or store.mlflow_url()
 
 
 def _local_store(uri: str) -> Optional[Path]:
@@ -251,8 +251,8 @@ class Tracker:
         mlflow.set_tracking_uri(self.uri)
         try:
             # The client opens (and on first use creates or migrates) a database store;
-            # workers opening a new store together would all migrate it (see stores.py).
-            with stores.exclusive(self.uri, "mlflow schema"):
+            # workers opening a new store together would all migrate it (see store_urls.py).
+            with store_urls.exclusive(self.uri, "mlflow schema"):
                 self.client = MlflowClient(tracking_uri=self.uri)
         except Exception as err:  # unreachable server, missing database, bad file
             raise self._store_error(err) from None
@@ -288,7 +288,7 @@ class Tracker:
 
     def _store_error(self, err: Exception) -> UsageError:
         first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        return UsageError(f"--tracking-uri {stores.redact(self.uri)}: cannot use the MLflow store ({first[:300]})")
+        return UsageError(f"--tracking-uri {store_urls.redact(self.uri)}: cannot use the MLflow store ({first[:300]})")
 
     # single runs ----------------------------------------------------------------
 

@@ -19,19 +19,17 @@ import inspect
 import threading
 import time
 import warnings
-from pathlib import Path
 from typing import Any, Optional
 
 import optuna
 from optuna.trial import TrialState as OptunaState
 
-from search import stores
+from search import store, store_urls
 from search.errors import UsageError
 from search.space import CategoricalParam, Condition, FloatParam, IntParam, ParamSpec, Space
 from search.sweep import Sweep, SweepSummary
 from search.results import TrialState
 
-DEFAULT_STORAGE_FILE = Path("mlruns") / "optuna.db"
 MAX_RETRIES = 3  # times a trial interrupted by a dead worker is run again
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -137,8 +135,7 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 def storage_url(url: Optional[str]) -> str:
     if url:
         return url
-    DEFAULT_STORAGE_FILE.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{DEFAULT_STORAGE_FILE.resolve()}"
+    return store.optuna_url()
 
 
 def storage_kind(url: str) -> str:
@@ -161,12 +158,12 @@ def make_storage(url: str, heartbeat: float, on_stale) -> optuna.storages.RDBSto
             else "failed_trial_callback")
     try:
         # Workers starting together on an empty database would all create the tables.
-        with _quiet_experimental(), stores.exclusive(url, "optuna schema"):
+        with _quiet_experimental(), store_urls.exclusive(url, "optuna schema"):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval,
                                               grace_period=3 * interval, **{hook: on_stale})
     except Exception as err:  # bad URL, unreachable server, missing driver
         first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        raise UsageError(f"--storage {stores.redact(url)}: cannot open the study storage ({first[:300]})") from None
+        raise UsageError(f"--storage {store_urls.redact(url)}: cannot open the study storage ({first[:300]})") from None
 
 
 @contextlib.contextmanager
@@ -182,8 +179,8 @@ def _quiet_experimental():
 def study_lock(storage: optuna.storages.RDBStorage, url: str, study: str):
     """Mutual exclusion between all workers of a study, for the instant of deciding
     whether to start another trial: a PostgreSQL advisory lock, a MySQL named lock, or a
-    file lock beside an SQLite database (see search/stores.py)."""
-    return stores.exclusive(url, study, engine=storage.engine)
+    file lock beside an SQLite database (see search/store_urls.py)."""
+    return store_urls.exclusive(url, study, engine=storage.engine)
 
 
 class Heartbeat:

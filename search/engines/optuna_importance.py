@@ -15,16 +15,16 @@ from typing import Optional
 
 import optuna
 
+from search import store
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 METHOD = "Optuna fANOVA (seed 0)"
-DEFAULT_STORAGE_FILE = Path("mlruns") / "optuna.db"  # the same default as optuna_engine.storage_url
 
 
 def storage_url(url: Optional[str]) -> str:
-    """The study storage `blocksweep run` uses. Not imported from optuna_engine: that module
-    imports the trainer, and with it Keras and TensorFlow (9 s), which compare never needs."""
-    return url or f"sqlite:///{DEFAULT_STORAGE_FILE.resolve()}"
+    """The study storage `blocksweep run` uses."""
+    return url or store.optuna_url()
 
 
 def param_importances(study: str, storage: Optional[str] = None) -> dict[str, float]:

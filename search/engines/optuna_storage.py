@@ -4,7 +4,7 @@ creating its tables and so fails on a store no sweep has used yet."""
 
 from __future__ import annotations
 
-from search import stores
+from search import store_urls
 from search.errors import UsageError
 
 
@@ -13,8 +13,8 @@ def prepare(url: str) -> None:
     import optuna
 
     try:
-        with stores.exclusive(url, "optuna schema"):  # the lock optuna_engine.make_storage takes
+        with store_urls.exclusive(url, "optuna schema"):  # the lock optuna_engine.make_storage takes
             optuna.storages.RDBStorage(url).engine.dispose()
     except Exception as err:  # bad URL, unreachable server, missing driver
         first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        raise UsageError(f"--storage {stores.redact(url)}: cannot open the study storage ({first[:300]})") from None
+        raise UsageError(f"--storage {store_urls.redact(url)}: cannot open the study storage ({first[:300]})") from None
