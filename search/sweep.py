@@ -112,6 +112,10 @@ class Sweep:
                 "blocksweep.objective": f"{self.objective.goal} {self.metric}"}
         if o.engine == "kerastuner":
             tags["blocksweep.tuner"] = o.tuner
+        engine = self.tracker.existing_parent_tags(o.study).get("blocksweep.engine")
+        if engine and engine != o.engine:  # one study, one engine: never mix their trials
+            raise UsageError(f"--study {o.study}: that study was swept by {engine}; give the {o.engine} "
+                             "sweep another --study")
         self.experiment_id, self.parent_run_id, created = self.tracker.sweep_parent(o.study, tags, self.spec.text)
         if not created:
             # Same study, different space file: say so in the parent rather than mix silently.

@@ -335,6 +335,12 @@ class Tracker:
                 return exp_id, parent, True
             time.sleep(0.5)
 
+    def existing_parent_tags(self, study: str) -> dict:
+        """The tags of a study's parent run when the sweep exists already, else {}."""
+        exp = self.client.get_experiment_by_name(study)
+        parent = exp.tags.get(PARENT_TAG) if exp is not None else None
+        return dict(self.client.get_run(parent).data.tags) if parent else {}
+
     def _create_parent(self, exp_id: str, study: str, tags: dict[str, Any], space_text: str) -> str:
         run = self.start_run(exp_id, f"sweep-{study}", {**tags, "blocksweep.role": "parent",
                                                         "blocksweep.study": study})

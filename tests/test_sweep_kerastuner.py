@@ -215,7 +215,7 @@ def test_a_study_of_another_engine_is_not_mixed_with_keras_tuner_trials(cli, cap
 
     Tracker(tracking_uri).sweep_parent("mixed", {"blocksweep.engine": "optuna"}, "name: mixed\n")
     assert kt_run(cli, write_space(), tiny_cifar, "--trials", "1", "--study", "mixed") == 2
-    assert "is an optuna sweep" in capsys.readouterr().err
+    assert "was swept by optuna" in capsys.readouterr().err
     _, _, children = sweep_runs(tracking_uri, "mixed")
     assert children == []
 

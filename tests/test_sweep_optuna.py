@@ -145,3 +145,15 @@ def test_timeout_bounds_the_invocation(cli, capsys, write_space, tiny_cifar, tra
     out = capsys.readouterr().out
     assert "stopped: --timeout 0.001s reached" in out
     assert len(optuna_study("short").trials) == 1
+
+
+def test_a_keras_tuner_study_is_not_resumed_by_optuna(cli, capsys, write_space, tiny_cifar, tracking_uri):
+    space = write_space()
+    assert cli("run", space, "--data-dir", tiny_cifar, "--quiet", "--engine", "kerastuner", "--study", "kt",
+               "--trials", "1", "--set", "train.epochs=1") == 0
+    assert cli("run", space, "--data-dir", tiny_cifar, "--quiet", "--engine", "optuna", "--study", "kt",
+               "--trials", "1") == 2
+    err = capsys.readouterr().err
+    assert "that study was swept by kerastuner" in err and len(err.strip().splitlines()) == 1
+    _, parents, children = sweep_runs(tracking_uri, "kt")
+    assert len(parents) == 1 and len(children) == 1

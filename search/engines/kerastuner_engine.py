@@ -529,7 +529,6 @@ class KerasTunerEngine:
                              f"itself (up to train.epochs); do not search it")
         check_space(spec.space)
         check_distributed()
-        self._check_study_engine(sweep)
         project = PROJECTS / o.study
         marker, wanted = _read_marker(project), _marker(sweep)
         for key, flag in (("tuner", "--tuner"), ("objective", "objective"), ("max_epochs", "train.epochs")):
@@ -539,21 +538,6 @@ class KerasTunerEngine:
         if role() != "worker":  # one process owns the oracle's files: a single run, or the chief
             project.mkdir(parents=True, exist_ok=True)
             self._lock = _lock_project(project, o.study)
-
-    @staticmethod
-    def _check_study_engine(sweep: Sweep) -> None:
-        """One study, one engine: an MLflow experiment whose parent run is another
-        engine's sweep is not mixed with Keras Tuner trials."""
-        from search.tracking import PARENT_TAG
-
-        exp = sweep.tracker.client.get_experiment_by_name(sweep.options.study)
-        parent_id = exp.tags.get(PARENT_TAG) if exp is not None else None
-        if not parent_id:
-            return
-        engine = sweep.tracker.client.get_run(parent_id).data.tags.get("blocksweep.engine")
-        if engine and engine != KerasTunerEngine.name:
-            raise UsageError(f"--study {sweep.options.study}: that study is an {engine} sweep (MLflow experiment "
-                             f"{exp.experiment_id}); give the Keras Tuner sweep another --study")
 
     def run(self, sweep: Sweep) -> SweepSummary:
         o = sweep.options

@@ -298,19 +298,24 @@ class OptunaEngine:
                     optuna.storages.fail_stale_trials(study)
                 self._enqueue_defaults(sweep, study)
                 if o.study_trials is None:
-                    return self._ask(study), ""
+                    return self._ask(study, storage), ""
                 c = _counts(study)
                 if c["completed"] + c["pruned"] + c["running"] + c["waiting"] < o.study_trials or c["waiting"]:
-                    return self._ask(study), ""
+                    return self._ask(study, storage), ""
                 if c["running"] == 0:
                     return None, f"the study has its {o.study_trials} trials"
             # Budget taken but trials still run elsewhere: one may yet die and need us.
             time.sleep(min(2.0, o.heartbeat))
 
     @staticmethod
-    def _ask(study: optuna.Study) -> optuna.Trial:
+    def _ask(study: optuna.Study, storage) -> optuna.Trial:
+        """A new (or waiting) trial with its first heartbeat already recorded: Optuna only
+        calls a trial stale once it has a heartbeat, so a worker dying between the ask and
+        its heartbeat thread's first beat would otherwise leave the trial RUNNING forever."""
         with _quiet_experimental():
-            return study.ask()
+            trial = study.ask()
+        storage.record_heartbeat(trial._trial_id)
+        return trial
 
     def run(self, sweep: Sweep) -> SweepSummary:
         o = sweep.options
