@@ -31,7 +31,7 @@ import numpy as np
 from keras import ops
 
 from search.schedules import keras_schedule
-from search.train import TrialResult, TrialState, _mean_rate, build_model, precision_policy
+from search.train import TrialResult, TrialState, build_model, mean_rate, trial_setup
 
 # --------------------------------------------------------------------------- data on the device
 
@@ -278,7 +278,7 @@ def run_epochs(trainer, config, *, report=None, on_epoch=None, progress=None) ->
             pending, trained = train(e + 1)
 
     common = dict(epochs_run=len(history), history=tuple(history), train_seconds=train_seconds,
-                  images_per_second=_mean_rate(history))
+                  images_per_second=mean_rate(history))
     if failure:
         return TrialResult(state=TrialState.FAILED, objective=None, best_epoch=None, reason=failure, **common)
     scored = [h for h in history if metric in h]
@@ -480,10 +480,7 @@ def train_and_evaluate(config, splits, *, report=None, on_epoch=None, progress=N
     backend = keras.backend.backend()
     if path == "fused" and backend != "jax":
         raise ValueError(f"train.airbench.path fused needs the JAX backend (this process runs {backend})")
-    keras.utils.set_random_seed(config.train.seed)
-    previous = keras.mixed_precision.dtype_policy().name
-    keras.mixed_precision.set_dtype_policy(precision_policy(config))
-    try:
+    with trial_setup(config):
         if backend == "jax" and path != "keras":
             from search.fast import FusedTrainer
 
@@ -491,6 +488,4 @@ def train_and_evaluate(config, splits, *, report=None, on_epoch=None, progress=N
         else:
             trainer = KerasTrainer(config, splits)
         return run_epochs(trainer, config, report=report, on_epoch=on_epoch, progress=progress)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous)
 

@@ -19,11 +19,12 @@ Other URLs (an MLflow server over HTTP, in-memory SQLite) need no lock: the lock
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 from pathlib import Path
 from typing import Iterator, Optional
 from urllib.parse import urlsplit, urlunsplit
+
+from search import store
 
 
 def kind(url: str) -> str:
@@ -65,14 +66,10 @@ def exclusive(url: str, name: str, engine=None) -> Iterator[None]:
         with _connection(url, engine) as conn, _server_lock(conn, scheme, key):
             yield
     elif scheme == "sqlite" and sqlite_path(url) is not None:
-        lock_path = sqlite_path(url).with_name(f"{sqlite_path(url).name}.{key:x}.lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        db = sqlite_path(url)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with store.locked(db.with_name(f"{db.name}.{key:x}")):  # flock on <db>.<key>.lock
+            yield
     else:
         yield
 

@@ -14,6 +14,7 @@ stopping) -> restore the best epoch's weights -> test evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Callable, Optional
@@ -105,6 +106,20 @@ def coupled_decay(cls):
 
     Coupled.__name__ = f"Coupled{cls.__name__}"
     return Coupled
+
+
+@contextlib.contextmanager
+def trial_setup(config):
+    """What every trial starts with, whichever path trains it: the seed, and the precision
+    policy for the models built inside the block (restored afterwards, so the next trial in
+    the same process starts clean)."""
+    keras.utils.set_random_seed(config.train.seed)
+    previous = keras.mixed_precision.dtype_policy().name
+    keras.mixed_precision.set_dtype_policy(precision_policy(config))
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
 
 
 def precision_policy(config) -> str:
@@ -258,11 +273,7 @@ def train_and_evaluate(config, splits, *, report: Optional[Report] = None,
         from search import transfer
 
         return transfer.train_and_evaluate(config, splits, report=report, on_epoch=on_epoch, progress=progress)
-    keras.utils.set_random_seed(config.train.seed)
-    policy = precision_policy(config)
-    previous_policy = keras.mixed_precision.dtype_policy().name
-    keras.mixed_precision.set_dtype_policy(policy)
-    try:
+    with trial_setup(config):
         net = build_model(config, splits)
         trainer = keras.Sequential([keras.Input(splits.input_shape), *augmentation(config, config.train.seed), net],
                                    name="trainer") if _augments(config) else net
@@ -272,13 +283,11 @@ def train_and_evaluate(config, splits, *, report: Optional[Report] = None,
         trainer.fit(splits.x_train, splits.y_train, batch_size=config.train.batch_size,
                     epochs=config.train.epochs, validation_data=(splits.x_val, splits.y_val),
                     callbacks=[monitor], verbose=0, shuffle=True)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous_policy)
 
     common = dict(objective=monitor.best_value, best_epoch=monitor.best_epoch,
                   epochs_run=len(monitor.history), history=tuple(monitor.history),
                   train_seconds=monitor.train_seconds,
-                  images_per_second=_mean_rate(monitor.history))
+                  images_per_second=mean_rate(monitor.history))
     if monitor.failure:
         return TrialResult(state=TrialState.FAILED, reason=monitor.failure, **common)
     if monitor.best_weights is not None:
@@ -298,7 +307,7 @@ def _augments(config) -> bool:
     return bool(aug.flip or aug.translate)
 
 
-def _mean_rate(history) -> float:
+def mean_rate(history) -> float:
     # Epoch 1 includes compilation; average the rest when there is a rest.
     rates = [h["images_per_second"] for h in history]
     rates = rates[1:] if len(rates) > 1 else rates

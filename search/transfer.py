@@ -47,8 +47,8 @@ import numpy as np
 from search import weights
 from search.models import resnet50
 from search.store import cache_dir, digest_arrays, key_of, locked, replace_atomically, splits_digest
-from search.train import (EpochSink, Report, TrialMonitor, TrialResult, TrialState, _mean_rate, augmentation,
-                          build_model, loss_function, optimizer, precision_policy)
+from search.train import (EpochSink, Report, TrialMonitor, TrialResult, TrialState, mean_rate, augmentation,
+                          build_model, loss_function, optimizer, precision_policy, trial_setup)
 
 EMBED_BATCH = 256  # images per forward pass when computing embeddings (inference only)
 
@@ -130,11 +130,8 @@ def train_and_evaluate(config, splits, *, report: Optional[Report] = None, on_ep
 def _train(config, splits, report, on_epoch, progress) -> TrialResult:
     m = config.model
     source = weights.load(m, data_folder=splits.source, announce=progress is not None)
-    keras.utils.set_random_seed(config.train.seed)
     policy = precision_policy(config)
-    previous_policy = keras.mixed_precision.dtype_policy().name
-    keras.mixed_precision.set_dtype_policy(policy)
-    try:
+    with trial_setup(config):
         net = build_model(config, splits)
         base, head = net.get_layer(resnet50.BASE), net.get_layer(resnet50.HEAD)
         weights.assign(base, source)
@@ -159,13 +156,11 @@ def _train(config, splits, report, on_epoch, progress) -> TrialResult:
             _fit(trainer, config, (splits.x_train, splits.y_train), (splits.x_val, splits.y_val), monitor,
                  first=head_epochs, last=total_epochs, learning_rate=m.finetune_learning_rate)
         split = resnet50.trainable_split(net)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous_policy)
 
     record = _record(config, source, cache, split, head_epochs)
     common = dict(objective=monitor.best_value, best_epoch=monitor.best_epoch, epochs_run=len(monitor.history),
                   history=tuple(monitor.history), train_seconds=monitor.train_seconds,
-                  images_per_second=_mean_rate(monitor.history), **record)
+                  images_per_second=mean_rate(monitor.history), **record)
     if monitor.failure:
         return TrialResult(state=TrialState.FAILED, reason=monitor.failure, **common)
     if monitor.best_weights is not None:

@@ -82,16 +82,6 @@ def wait_for_line(path: Path, text: str, proc: subprocess.Popen, timeout: float)
     raise AssertionError(f"timed out waiting for {text!r}")
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def descendants(pid: int) -> set[int]:
     """Every live process below `pid` (read from /proc)."""
     children: dict[int, list[int]] = {}

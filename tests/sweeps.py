@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
+
 from mlflow.tracking import MlflowClient
+
+from tests.conftest import cli_env
 
 
 def sweep_runs(tracking_uri: str, study: str):
@@ -20,3 +27,37 @@ def optuna_study(study: str, storage: str = "sqlite:///mlruns/optuna.db"):
     import optuna
 
     return optuna.load_study(study_name=study, storage=storage)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """Poll `predicate` until it returns something true; fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def kill_mid_trial(args: list[str], cwd, tracking_uri: str, study: str, trial: int = 1) -> None:
+    """Start the sweep command `args` in its own process group and SIGKILL the group once
+    trial `trial` is RUNNING in MLflow and past its first epoch (really mid-training)."""
+    worker = subprocess.Popen(args, cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    client = MlflowClient(tracking_uri)
+    try:
+        def mid_training():
+            exp = client.get_experiment_by_name(study)
+            if exp is None:
+                return None
+            runs = client.search_runs([exp.experiment_id], f"tags.`blocksweep.trial` = '{trial}'")
+            return runs and runs[0].info.status == "RUNNING" and client.get_metric_history(
+                runs[0].info.run_id, "val_accuracy")
+
+        wait_for(mid_training, 180, f"trial {trial} to be mid-training")
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)

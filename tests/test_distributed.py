@@ -16,9 +16,8 @@ import subprocess
 
 import pytest
 
-from tests.services import (fresh_database, free_port, kill_group, postgres_or_skip, start_cli, wait_for,
-                            wait_for_line)
-from tests.sweeps import sweep_runs
+from tests.services import fresh_database, free_port, kill_group, postgres_or_skip, start_cli, wait_for_line
+from tests.sweeps import sweep_runs, wait_for
 
 pytestmark = pytest.mark.postgres
 

@@ -16,14 +16,12 @@ from pathlib import Path
 
 import keras_tuner as kt
 import pytest
-from mlflow.tracking import MlflowClient
 
 from search.engines.kerastuner_engine import KTSuggester, declare_space, hp_call
 from search.space import CategoricalParam, FloatParam, IntParam, Space
 from tests.conftest import cli_env
-from tests.sweeps import sweep_runs
+from tests.sweeps import kill_mid_trial, sweep_runs
 from tests.test_backend_jax import tripwire
-from tests.test_sweep_optuna import wait_for
 
 # --------------------------------------------------------------------------- the space
 
@@ -248,24 +246,7 @@ def test_kill_9_mid_trial_then_rerun_retries_it_and_keeps_the_rest(workdir, writ
     space = write_space()
     args = [sys.executable, "-m", "search", "run", str(space), "--engine", "kerastuner", "--data-dir",
             str(tiny_cifar), "--quiet", "--study", "crash", "--set", "train.epochs=6"]
-    worker = subprocess.Popen(args + ["--trials", "3"], cwd=workdir, env=cli_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    client = MlflowClient(tracking_uri)
-    try:
-        def trial_1_running():
-            exp = client.get_experiment_by_name("crash")
-            if exp is None:
-                return None
-            runs = client.search_runs([exp.experiment_id], "tags.`blocksweep.trial` = '1'")
-            return runs and runs[0].info.status == "RUNNING" and client.get_metric_history(
-                runs[0].info.run_id, "val_accuracy")
-
-        wait_for(trial_1_running, 180, "trial 1 to be mid-training")
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(10)
-    finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
+    kill_mid_trial(args + ["--trials", "3"], workdir, tracking_uri, "crash")
     assert kt_trials(workdir, "crash")[1]["status"] == "RUNNING"  # what Keras Tuner was left with
     _, _, before = sweep_runs(tracking_uri, "crash")
     trial0 = next(c for c in before if c.data.tags["blocksweep.trial"] == "0")

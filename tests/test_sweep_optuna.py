@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 
-from mlflow.tracking import MlflowClient
 
 from tests.conftest import cli_env
-from tests.sweeps import optuna_study, sweep_runs
+from tests.sweeps import kill_mid_trial, optuna_study, sweep_runs
 
 
 def test_pruner_prunes_a_trial_that_does_not_learn(cli, write_space, tiny_cifar, tracking_uri):
@@ -76,39 +72,11 @@ def test_same_seed_gives_the_same_sequence_of_trials(cli, write_space, tiny_cifa
     assert a == b and len({str(p) for p in a}) == 3
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_kill_9_mid_trial_then_rerun_retries_it_and_keeps_the_rest(workdir, write_space, tiny_cifar, tracking_uri):
     space = write_space()
     args = [sys.executable, "-m", "search", "run", str(space), "--data-dir", str(tiny_cifar), "--quiet",
             "--study", "crash", "--heartbeat", "1", "--set", "train.epochs=8"]
-    worker = subprocess.Popen(args + ["--trials", "3"], cwd=workdir, env=cli_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    client = MlflowClient(tracking_uri)
-    try:
-        def trial_1_running():
-            exp = client.get_experiment_by_name("crash")
-            if exp is None:
-                return None
-            runs = client.search_runs([exp.experiment_id], "tags.`blocksweep.trial` = '1'")
-            # running, and past its first epoch: really in the middle of training
-            return runs and runs[0].info.status == "RUNNING" and client.get_metric_history(
-                runs[0].info.run_id, "val_accuracy")
-
-        wait_for(trial_1_running, 180, "trial 1 to be mid-training")
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(10)
-    finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
+    kill_mid_trial(args + ["--trials", "3"], workdir, tracking_uri, "crash")
     _, _, before = sweep_runs(tracking_uri, "crash")
     trial0 = next(c for c in before if c.data.tags["blocksweep.trial"] == "0")
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.services import alive, descendants, free_port, kill_group, start_cli, wait_for, wait_for_line
+from tests.services import alive, descendants, free_port, kill_group, start_cli, wait_for_line
+from tests.sweeps import wait_for
 
 ARTIFACTS = REPO / "tests" / "artifacts"  # git-ignored: screenshots for a human to look at
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
