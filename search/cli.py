@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL, for importances (default: sqlite:///mlruns/optuna.db)")
     p.add_argument("--no-figures", action="store_true", help="rank only: draw and log no figures")
     p.add_argument("--repeat", type=int, metavar="K", help="retrain the top configurations with K seeds each")
-    p.add_argument("--repeat-top", type=_positive_int, default=3, metavar="N",
+    p.add_argument("--repeat-top", type=_positive_int, default=None, metavar="N",
                    help="how many configurations --repeat retrains (default 3)")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="Keras backend for --repeat")
     p.set_defaults(func=cmd_compare)
@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register", metavar="MODEL_NAME",
                    help="register in the MLflow Model Registry and set the alias 'champion'")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="Keras backend (savedmodel needs tensorflow)")
+    p.add_argument("--storage", help="Optuna storage that must hold --study (a cross-check; the best trial is "
+                                     "read from MLflow)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", parents=[_common(data=False, training=False)],
@@ -227,7 +229,7 @@ def cmd_run(args) -> int:
 
         code, summary, line = workers.run(args.space, worker_argv(args), workers=args.workers or 1,
                                           gpus=args.gpus, memory_fraction=args.gpu_memory_fraction,
-                                          overrides=args.set)
+                                          overrides=args.set, engine=args.engine)
         _print(args, summary, line)
         return code
 
@@ -259,7 +261,7 @@ def cmd_export(args) -> int:
     from search.export import export
 
     s = export(study=args.study, run_id=args.run, out=args.out, fmt=args.format, register=args.register,
-               tracking_uri=args.tracking_uri, backend_name=args.backend)
+               tracking_uri=args.tracking_uri, backend_name=args.backend, storage=args.storage)
     value = f"{s['objective']:.4f}" if s["objective"] is not None else "n/a"
     line = (f"exported {s['source']} (run {s['run_id']}, {s['metric']} {value} at epoch {s['best_epoch']}) "
             f"to {s['out']}: {', '.join(s['files'])}")

@@ -399,7 +399,7 @@ class Report:
 def compare(studies: Optional[list[str]] = None, *, experiment: Optional[str] = None, top: int = DEFAULT_TOP,
             metric: Optional[str] = None, fmt: str = "table", out: str | Path = DEFAULT_OUT,
             tracking_uri: Optional[str] = None, storage: Optional[str] = None, repeat: Optional[int] = None,
-            repeat_top: int = 3, data_dir: Optional[str] = None, backend_name: Optional[str] = None,
+            repeat_top: Optional[int] = None, data_dir: Optional[str] = None, backend_name: Optional[str] = None,
             figures: bool = True, quiet: bool = False) -> Report:
     """`blocksweep compare`: read, rank, draw (and with `repeat`, retrain the leaders).
     Writes the figures (unless `figures` is False) and the rendered comparison
@@ -411,10 +411,17 @@ def compare(studies: Optional[list[str]] = None, *, experiment: Optional[str] = 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file; give a folder for the figures")
+    if repeat_top is not None and repeat is None:
+        raise UsageError(f"--repeat-top {repeat_top}: only with --repeat K (how many seeds per configuration)")
+    repeat_top = 3 if repeat_top is None else repeat_top
     if repeat is not None:
         from search.repeat import check
 
         check(repeat, repeat_top, data_dir, backend_name)
+    if storage is not None:
+        from search.engines.optuna_storage import check_open
+
+        check_open(storage)  # an unreachable --storage is bad input, not a silent fallback
 
     from search.tracking import Tracker
 

@@ -135,14 +135,9 @@ def _read_data_config(path: Optional[Path]) -> Optional[dict]:
 
 
 def _load(source: ModelSource):
-    from search.models import load_model
+    from search.models import open_model
 
-    try:
-        return load_model(source.model_path, compile=False)
-    except Exception as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise UsageError(f"--model {source.name}: cannot load {source.model_path.name} as a Keras model "
-                         f"({err.__class__.__name__}: {first})") from None
+    return open_model(source.model_path, f"--model {source.name}", compile=False)
 
 
 def _takes_raw_pixels(net) -> bool:

@@ -82,9 +82,15 @@ def choose_run(tracker, study: Optional[str], run_id: Optional[str]):
 
 def export(*, study: Optional[str] = None, run_id: Optional[str] = None, out: str | Path, fmt: str = "keras",
            register: Optional[str] = None, tracking_uri: Optional[str] = None,
-           backend_name: Optional[str] = None) -> dict:
-    """Write the export folder `out` (see the module docstring); returns the summary."""
+           backend_name: Optional[str] = None, storage: Optional[str] = None) -> dict:
+    """Write the export folder `out` (see the module docstring); returns the summary.
+    The best trial is chosen from MLflow; `storage`, when given with `study`, must hold
+    that Optuna study (a check that the two stores describe the same sweep)."""
     out = Path(out)
+    if storage is not None and study is not None:
+        from search.engines.optuna_storage import check_study
+
+        check_study(storage, study)
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -180,6 +186,20 @@ def load_images(paths: list[str], size: tuple[int, int]) -> np.ndarray:
     return np.stack(images)
 
 
+def read_preprocessing(path: Path, flag: str) -> dict:
+    """An export's preprocessing.json, checked: mean and std (3 values each), the input
+    shape and the label names."""
+    try:
+        prep = json.loads(path.read_text())
+    except ValueError as err:
+        raise UsageError(f"{flag}: {path.name} is not readable JSON ({err})") from None
+    ok = (isinstance(prep, dict) and all(k in prep for k in ("mean", "std", "input_shape", "label_names"))
+          and len(prep["mean"]) == 3 and len(prep["std"]) == 3 and len(prep["input_shape"]) == 3)
+    if not ok:
+        raise UsageError(f"{flag}: {path.name} needs mean and std (3 values each), input_shape and label_names")
+    return prep
+
+
 def predict(model_dir: str | Path, images: list[str], backend_name: Optional[str] = None) -> list[dict]:
     """Classify image files with an export folder; one dict per image: label, class
     index, probability, and every class's probability."""
@@ -188,14 +208,14 @@ def predict(model_dir: str | Path, images: list[str], backend_name: Optional[str
     if not folder.is_dir() or not all(p.exists() for p in needed):
         raise UsageError(f"--model {model_dir}: not an export folder (needs model.keras and preprocessing.json; "
                          "write one with `blocksweep export`)")
-    prep = json.loads((folder / "preprocessing.json").read_text())
+    prep = read_preprocessing(folder / "preprocessing.json", f"--model {model_dir}")
     height, width = prep["input_shape"][:2]
     pixels = load_images(images, (height, width))  # every file checked before the model loads
     x = (pixels - np.asarray(prep["mean"], np.float32)) / np.asarray(prep["std"], np.float32)
     backend.select(backend_name)
-    from search.models import load_model
+    from search.models import open_model
 
-    model = load_model(folder / "model.keras")
+    model = open_model(folder / "model.keras", f"--model {model_dir}")
     probabilities = np.asarray(model.predict(x, verbose=0), dtype=float)
     names = prep["label_names"]
     return [{"image": str(path), "label": names[int(p.argmax())], "class_index": int(p.argmax()),

@@ -192,7 +192,11 @@ def ui(*, host: str = "127.0.0.1", port: int = 5000, backend_store_uri: Optional
     if workers < 1:
         raise UsageError(f"--workers {workers}: must be at least 1")
     servers = [mlflow_server(uri, artifacts, host, port, workers)]
-    ports = [(port, "--port")]
+    ports = [(port, "--port")] + ([(dashboard_port, "--dashboard-port")] if dashboard else [])
+    if dashboard and dashboard_port == port:
+        raise UsageError(f"--dashboard-port {dashboard_port}: the MLflow UI already uses port {port}")
+    for number, flag in ports:  # checked before anything is created
+        _check_port_free(host, number, flag)
     if dashboard:
         study_storage = storage or default_storage()
         _check_database(study_storage, "--storage")
@@ -200,11 +204,6 @@ def ui(*, host: str = "127.0.0.1", port: int = 5000, backend_store_uri: Optional
 
         prepare(study_storage)
         servers.append(optuna_dashboard(study_storage, host, dashboard_port))
-        ports.append((dashboard_port, "--dashboard-port"))
-    if dashboard and dashboard_port == port:
-        raise UsageError(f"--dashboard-port {dashboard_port}: the MLflow UI already uses port {port}")
-    for number, flag in ports:
-        _check_port_free(host, number, flag)
     if not is_loopback(host):
         warn(f"blocksweep ui: warning: --host {host} serves the UI, unauthenticated, to every machine "
              f"that can reach this one")

@@ -49,6 +49,8 @@ def parse_gpus(text: Optional[str]) -> Optional[list[str]]:
     """'0,1,3' -> ['0', '1', '3'] (indices or GPU-/MIG- UUIDs, as CUDA_VISIBLE_DEVICES takes them)."""
     if text is None:
         return None
+    if text.strip().lower() == "none":
+        return []  # the CPU
     gpus = [g.strip() for g in text.split(",") if g.strip()]
     for gpu in gpus:
         if not (gpu.isdigit() or gpu.startswith(("GPU-", "MIG-"))):
@@ -212,11 +214,16 @@ def summarize(outcomes: Sequence[Outcome], metric: str) -> tuple[int, dict, str]
 
 
 def run(space: str, run_argv: Sequence[str], *, workers: int, gpus: Optional[str] = None,
-        memory_fraction: Optional[float] = None, overrides: Optional[list[str]] = None) -> tuple[int, dict, str]:
+        memory_fraction: Optional[float] = None, overrides: Optional[list[str]] = None,
+        engine: Optional[str] = None) -> tuple[int, dict, str]:
     """Check the space file, place the workers, run them, and sum up (see `summarize`)."""
     from search.config import load_spec, parse_overrides
 
     spec = load_spec(space, parse_overrides(overrides))  # bad input: one error, not N
+    if (engine or spec.file.search.engine) == "kerastuner":
+        # One process owns a Keras Tuner project; its many-worker mode is chief + workers.
+        raise UsageError("--workers: Keras Tuner sweeps scale out through its own distributed mode (a chief and "
+                         "workers, see README 'Keras Tuner'), not --workers; use --engine optuna here")
     chosen = parse_gpus(gpus) if gpus is not None else visible_gpus()
     outcomes = launch(run_argv, plan(workers, chosen, memory_fraction))
     return summarize(outcomes, spec.file.objective.metric)

@@ -92,6 +92,9 @@ def test_different_objectives_rank_together_only_by_an_explicit_metric(cli, caps
     (True, ["--experiment", "nope"], ["--experiment nope: no such MLflow experiment"]),
     (True, ["--metric", "made_up"], ["--metric made_up: no run of known logged it"]),
     (True, ["--repeat", "1", "--data-dir", "{data}"], ["--repeat 1: needs at least 2 seeds"]),
+    (True, ["--repeat-top", "2"], ["--repeat-top 2: only with --repeat"]),
+    (True, ["--storage", "postgresql://postgres@127.0.0.1:1/none"], ["--storage", "cannot open the study storage"]),
+    (True, ["--storage", "sqlite:///{data}/no.db"], ["--storage", "no such study database"]),
 ])
 def test_unknown_studies_and_metrics_are_one_line_and_exit_2(cli, capsys, tracking_uri, tiny_cifar, tmp_path,
                                                              setup, args, words):

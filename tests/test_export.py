@@ -165,6 +165,26 @@ def test_predict_refuses_a_folder_that_is_not_an_export(cli, capsys, tmp_path):
     assert "not an export folder" in one_line_error(capsys)
 
 
+@pytest.mark.parametrize("damage,words", [
+    (lambda d: (d / "model.keras").write_bytes(b"not a zip"), ["cannot load", "model.keras"]),
+    (lambda d: (d / "preprocessing.json").write_text("{"), ["preprocessing.json is not readable JSON"]),
+    (lambda d: (d / "preprocessing.json").write_text("{}"), ["preprocessing.json needs mean and std"]),
+])
+def test_predict_refuses_a_damaged_export_in_one_line(cli, capsys, exported, tmp_path, damage, words):
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "copy"
+    shutil.copytree(exported["out"], folder)
+    damage(folder)
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    assert cli("predict", "--model", folder, tmp_path / "x.png") == 2
+    err = one_line_error(capsys)
+    for word in words:
+        assert word in err
+
+
 def test_register_versions_the_model_with_a_signature_and_the_champion_alias(cli, capsys, tiny_sweep, tmp_path):
     import mlflow
     from mlflow.models import get_model_info
@@ -214,6 +234,7 @@ def test_onnx_export_runs_in_onnxruntime_with_the_same_predictions(cli, exported
     ("full-out", ["exists and is not an empty folder"]),
     ("savedmodel-jax", ["--format savedmodel: needs the TensorFlow backend"]),
     ("neither", ["one of the arguments --study --run is required"]),
+    ("storage-without-study", ["--storage sqlite:///", "no such study database"]),
 ])
 def test_what_cannot_be_exported_is_one_line_and_exit_2(cli, capsys, tracking_uri, tmp_path, case, words):
     from search.tracking import Tracker
@@ -227,7 +248,8 @@ def test_what_cannot_be_exported_is_one_line_and_exit_2(cli, capsys, tracking_ur
     which = {"unknown": ["--study", "nope"], "empty": ["--study", "empty"], "pruned": ["--study", "pruned"],
              "no-model": ["--study", "nomodel"], "bad-run": ["--run", "0123abc"], "full-out": ["--study", "nomodel"],
              "savedmodel-jax": ["--study", "nomodel", "--format", "savedmodel", "--backend", "jax"],
-             "neither": []}[case]
+             "neither": [],
+             "storage-without-study": ["--study", "nomodel", "--storage", f"sqlite:///{tmp_path}/none.db"]}[case]
     if case == "savedmodel-jax":
         pytest.importorskip("jax")
     assert cli("export", "--out", out, *which) == 2

@@ -125,6 +125,12 @@ def test_ui_refuses_a_port_that_is_taken(cli, capsys, workdir):
     assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
 
 
+def test_ui_refuses_one_port_for_both_servers_before_creating_anything(cli, capsys, workdir):
+    assert cli("ui", "--port", 5090, "--dashboard", "--dashboard-port", 5090) == 2
+    assert "the MLflow UI already uses port 5090" in capsys.readouterr().err
+    assert not (workdir / "mlruns" / "optuna.db").exists()
+
+
 def test_ui_refuses_a_tracking_server_as_its_store(cli, capsys, workdir):
     assert cli("ui", "--backend-store-uri", "http://127.0.0.1:5000") == 2
     assert "that is a server already" in capsys.readouterr().err

@@ -48,7 +48,8 @@ def test_without_gpus_workers_run_on_the_cpu_with_nothing_set():
         plan(2, [], 0.5)
 
 
-@pytest.mark.parametrize("text, gpus", [("0,1", ["0", "1"]), (" 3 ", ["3"]), ("GPU-8d2f,MIG-1a", ["GPU-8d2f", "MIG-1a"])])
+@pytest.mark.parametrize("text, gpus", [("0,1", ["0", "1"]), (" 3 ", ["3"]), ("GPU-8d2f,MIG-1a", ["GPU-8d2f", "MIG-1a"]),
+                                        ("none", [])])
 def test_gpus_are_indices_or_uuids(text, gpus):
     assert parse_gpus(text) == gpus
 
@@ -114,3 +115,10 @@ def test_bad_input_in_every_worker_is_bad_input():
 def test_a_bad_space_file_stops_the_launch_before_any_worker_starts(cli, capsys, workdir):
     assert cli("run", "missing.yaml", "--workers", 3) == 2
     assert capsys.readouterr().err.count("no such space file") == 1
+
+
+def test_keras_tuner_sweeps_are_refused_before_any_worker_starts(cli, capsys, write_space):
+    assert cli("run", write_space(), "--workers", 2, "--engine", "kerastuner") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "its own distributed mode" in err
+    assert not (write_space().parent / "mlruns" / "kerastuner").exists()

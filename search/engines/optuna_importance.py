@@ -41,6 +41,12 @@ def param_importances(study: str, storage: Optional[str] = None) -> dict[str, fl
     except KeyError:
         raise LookupError(f"no Optuna study {study!r} in {url}") from None
     except Exception as err:  # a storage that cannot be opened (bad URL, no server)
+        if storage is not None:  # the user named it: that is bad input, not a fallback
+            from search.errors import UsageError
+            from search.store_urls import redact
+
+            raise UsageError(f"--storage {redact(url)}: cannot open the study storage "
+                             f"({err.__class__.__name__})") from None
         raise LookupError(f"cannot open {url} ({err.__class__.__name__})") from None
     completed = loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(completed) < 2:

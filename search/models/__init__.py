@@ -39,6 +39,18 @@ def load_model(path, compile: bool = True):
     import search.models.layers  # noqa: F401 - registers PatchWhitening
 
     return keras.models.load_model(path, safe_mode=True, compile=compile)
+
+
+def open_model(path, flag: str, compile: bool = True):
+    """`load_model`, with any failure (not a Keras file, damaged, unknown layer) as one
+    UsageError line naming `flag` (the option the path came from)."""
+    from search.errors import UsageError
+
+    try:
+        return load_model(path, compile=compile)
+    except Exception as err:  # keras raises ValueError, OSError, zipfile errors...
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise UsageError(f"{flag}: cannot load {path} as a Keras model ({err.__class__.__name__}: {first})") from None
 def check(config, **context) -> None:
     """A family's own checks before anything trains (a ResNet's weights file exists and fits
     its architecture); they may need Keras, so call them after `backend.select`."""
