@@ -44,7 +44,7 @@ def main() -> None:
     summary = commands.sweep(str(ROOT / "spaces" / "transfer_demo.yaml"), data_dir=data_dir, backend_name=args.backend,
                              quiet=True, overrides=[f"model.weights=pretrain:{source}", *args.set])
     total = time.perf_counter() - start
-    print(summary.line("val_accuracy"))
+    print(summary.line())
 
     from mlflow.tracking import MlflowClient
 

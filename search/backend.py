@@ -8,6 +8,7 @@ JAX sees a GPU, else TensorFlow, else whatever is installed.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -66,9 +67,34 @@ def select(requested: str | None) -> str:
                 f"cannot switch to {name!r} in the same process"
             )
     os.environ["KERAS_BACKEND"] = name
-    if name != "tensorflow":
+    if name == "tensorflow":
+        with _native_stderr_silenced():
+            import keras  # noqa: F401 - imports TensorFlow, whose C++ start-up lines go nowhere
+    else:
         _hide_tensorflow_from_keras()
     return name
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """TensorFlow 2.21 writes six C++ log lines to file descriptor 2 while it is imported
+    (oneDNN, 'Could not find cuda drivers'), before absl reads TF_CPP_MIN_LOG_LEVEL, so
+    bad input found after the import would print seven lines instead of one. Point fd 2 at
+    /dev/null for the import only; Python exceptions still propagate normally."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _hide_tensorflow_from_keras() -> None:

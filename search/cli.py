@@ -239,10 +239,7 @@ def cmd_run(args) -> int:
         seed=args.seed, max_failures=args.max_failures, keep_models=args.keep_models, heartbeat=args.heartbeat,
         overrides=args.set, data_dir=args.data_dir, backend_name=args.backend, tracking_uri=args.tracking_uri,
         quiet=args.quiet)
-    from search.config import load_spec
-
-    metric = load_spec(args.space, None).file.objective.metric if not args.json else ""
-    _print(args, asdict(summary), summary.line(metric))
+    _print(args, asdict(summary), summary.line())
     return 0
 
 

@@ -5,6 +5,8 @@ before it trains anything; bad input raises UsageError.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from typing import Optional
 
 from search import backend
@@ -86,6 +88,8 @@ def sweep(space: str, *, engine: Optional[str] = None, trials: Optional[int] = N
     spec = load_spec(space, parse_overrides(overrides))
     d = spec.file.search
     engine = engine or d.engine
+    _check_flags(engine, study=study, trials=trials, study_trials=study_trials, tuner=tuner, sampler=sampler,
+                 pruner=pruner, storage=storage)
     # One study is one engine's: Keras Tuner's default study is named apart from Optuna's,
     # so the same space file runs under both engines without a --study.
     default_study = spec.name if engine == "optuna" else f"{spec.name}-{engine}"
@@ -120,9 +124,27 @@ def sweep(space: str, *, engine: Optional[str] = None, trials: Optional[int] = N
     bar = SweepBar(total, s.metric, s.objective.better, enabled=not quiet)
     s.progress = bar
     try:
-        return eng.run(s)
+        return replace(eng.run(s), metric=s.metric)
     finally:
         bar.close()
+
+
+def _check_flags(engine: str, *, study, trials, study_trials, tuner, sampler, pruner, storage) -> None:
+    """Flags that contradict each other or the engine are refused, not ignored."""
+    import re
+
+    if study is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study):
+        raise UsageError(f"--study {study!r}: use letters, digits, '_', '.' and '-' (it names an MLflow "
+                         "experiment and a folder under mlruns/)")
+    if trials is not None and study_trials is not None:
+        raise UsageError("--trials and --study-trials: give one (trials of this invocation, or of the whole study)")
+    if engine == "optuna" and tuner is not None:
+        raise UsageError(f"--tuner {tuner}: Keras Tuner's algorithm; with --engine optuna choose --sampler")
+    if engine == "kerastuner":
+        for flag, value in (("--sampler", sampler), ("--pruner", pruner), ("--storage", storage)):
+            if value is not None:
+                raise UsageError(f"{flag} {value}: Optuna's; with --engine kerastuner choose --tuner "
+                                 "(Keras Tuner keeps its study under mlruns/kerastuner/)")
 
 
 def _check_counts(options) -> None:

@@ -484,6 +484,9 @@ def _check_params(where: str, raw: dict, spec_file: SpaceFile) -> Space:
         if spec.per_block:
             count = spec.per_block
             if count in params:
+                if params[count].when:
+                    fail(f"{path}.per_block", f"{count!r} is conditional (has `when`); a block count must "
+                                              "exist in every trial")
                 values = _finite_values(params[count])
                 if params[count].per_block or values is None or not all(
                         isinstance(v, int) and not isinstance(v, bool) for v in values):

@@ -46,8 +46,14 @@ class FloatParam:
     __pydantic_config__: ClassVar = STRICT
 
     def __post_init__(self):
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError("low and high must be finite numbers")
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.step is not None and self.step > 0:
+            steps = (self.high - self.low) / self.step
+            if abs(steps - round(steps)) > 1e-8 * max(1.0, steps):
+                raise ValueError(f"step {self.step} does not divide high - low ({self.high - self.low:g})")
         if self.log and self.low <= 0:
             raise ValueError("a log-scale parameter needs low > 0")
         if self.log and self.step is not None:

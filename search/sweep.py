@@ -70,10 +70,11 @@ class SweepSummary:
     best_value: Optional[float]
     best_run_id: Optional[str]
     stopped_because: str = ""
+    metric: str = ""  # the objective metric, as the sweep ran it (--set included)
 
-    def line(self, metric: str) -> str:
+    def line(self) -> str:
         ran = self.ran
-        best = (f"best trial {self.best_trial}: {metric} {self.best_value:.4f} (run {self.best_run_id})"
+        best = (f"best trial {self.best_trial}: {self.metric} {self.best_value:.4f} (run {self.best_run_id})"
                 if self.best_value is not None else "no completed trial yet")
         why = f"; stopped: {self.stopped_because}" if self.stopped_because else ""
         return (f"study {self.study} [{self.engine}]: ran {ran['completed']} completed, {ran['pruned']} pruned, "
@@ -147,13 +148,19 @@ class Sweep:
                                  reason=str(err))
             child.finish("failed", result.reason)
         else:
+            kept = []
+
             def keep(result: TrialResult) -> bool:
                 if self.options.keep_models == "all":
                     return True
                 best = best_so_far()
-                return best is None or self.objective.better(result.objective, best)
+                kept.append(best is None or self.objective.better(result.objective, best))
+                return kept[-1]
 
             result = self._train(config, splits, child, report, keep, number, flat)
+            if any(kept):  # --keep-models best: the models of the trials this one beats go
+                self.tracker.drop_worse_models(self.experiment_id, self.parent_run_id, child.run_id,
+                                               result.objective, self.objective.goal)
         self.counts.add(result.state)
         if self.progress is not None:
             self.progress(self, number, result)

@@ -336,10 +336,14 @@ class Tracker:
             time.sleep(0.5)
 
     def existing_parent_tags(self, study: str) -> dict:
-        """The tags of a study's parent run when the sweep exists already, else {}."""
-        exp = self.client.get_experiment_by_name(study)
-        parent = exp.tags.get(PARENT_TAG) if exp is not None else None
-        return dict(self.client.get_run(parent).data.tags) if parent else {}
+        """The tags of a study's parent run when the sweep exists already, else {}.
+        The first call of a sweep into the store: an unreachable store is one line."""
+        try:
+            exp = self.client.get_experiment_by_name(study)
+            parent = exp.tags.get(PARENT_TAG) if exp is not None else None
+            return dict(self.client.get_run(parent).data.tags) if parent else {}
+        except Exception as err:  # unreachable server, bad database file
+            raise self._store_error(err) from None
 
     def _create_parent(self, exp_id: str, study: str, tags: dict[str, Any], space_text: str) -> str:
         run = self.start_run(exp_id, f"sweep-{study}", {**tags, "blocksweep.role": "parent",
@@ -376,6 +380,30 @@ class Tracker:
             self.run(run.info.run_id).finish("failed", reason)
             changed += 1
         return changed
+
+    def drop_worse_models(self, exp_id: str, parent_run_id: str, best_run_id: str, objective: float,
+                          goal: str) -> int:
+        """With --keep-models best, a new best trial's model replaces the earlier ones: the
+        `model/` artifacts of kept trials with a worse objective are deleted and their tag
+        says why. Several workers may do this at once; each only deletes what is worse
+        than its own trial, so the best model always survives. Returns models dropped."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        dropped = 0
+        for run in self.children(exp_id, parent_run_id, "tags.`blocksweep.model` = 'kept'"):
+            value = run.data.metrics.get("objective")
+            if run.info.run_id == best_run_id or value is None:
+                continue
+            if not (value < objective if goal == "maximize" else value > objective):
+                continue
+            try:
+                get_artifact_repository(run.info.artifact_uri).delete_artifacts("model")
+                note = f"dropped: run {best_run_id} is better (--keep-models best)"
+            except Exception as err:  # a store that cannot delete: say so, keep going
+                note = f"not dropped ({err.__class__.__name__}); run {best_run_id} is better"
+            self.run(run.info.run_id).set_tags({"blocksweep.model": note})
+            dropped += 1
+        return dropped
 
     def finish_parent(self, parent_run_id: str) -> None:
         self.client.set_terminated(parent_run_id, "FINISHED")

@@ -106,3 +106,30 @@ def test_quickstart_trains_on_real_cifar10(cli, capsys, real_cifar, tracking_uri
     client, run = only_run(tracking_uri, "quickstart-train")
     assert run.data.params["data.size.train"] == "2000"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"curves.png", "model"}
+
+
+def test_bad_input_found_late_is_still_one_line_in_a_fresh_process(workdir, write_space, tiny_cifar, tracking_uri):
+    """Found after TensorFlow is imported (which writes C++ log lines to stderr) and after
+    the data loaded: still one line, exit 2, and nothing recorded in MLflow."""
+    from tests.conftest import run_cli
+
+    result = run_cli(["run", write_space(), "--data-dir", tiny_cifar, "--quiet", "--study", "late",
+                      "--storage", "postgresql://nobody@127.0.0.1:1/none"], cwd=workdir)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "--storage postgresql://nobody@127.0.0.1:1/none: cannot open the study storage" in result.stderr
+    assert MlflowClient(tracking_uri).get_experiment_by_name("late") is None
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--trials", "2", "--study-trials", "4"], ["--trials and --study-trials: give one"]),
+    (["--tuner", "bayesian"], ["--tuner bayesian", "with --engine optuna"]),
+    (["--engine", "kerastuner", "--sampler", "random"], ["--sampler random: Optuna's"]),
+    (["--study", "../escape"], ["--study '../escape'", "letters, digits"]),
+])
+def test_contradicting_run_flags_are_refused(cli, capsys, write_space, tiny_cifar, flags, words):
+    assert cli("run", write_space(), "--data-dir", tiny_cifar, "--quiet", *flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    for word in words:
+        assert word in err

@@ -67,6 +67,13 @@ INVALID = [
      ["params.train.learning_rate.low", "greater than 0"]),
     ("per-block count that is not an integer", "log: true}", "log: true}\n  model.filters: {type: int, low: 4, high: 8, per_block: model.block}",
      ["params.model.filters.per_block", "model.block"]),
+    ("per-block count that is conditional", "log: true}",
+     "log: true}\n  model.blocks: {type: int, low: 1, high: 3, when: {model.block: [conv-bn-conv-pool-drop]}}"
+     "\n  model.filters: {type: int, low: 4, high: 8, per_block: model.blocks}",
+     ["params.model.filters.per_block", "conditional"]),
+    ("infinite bound", "high: 0.1, log: true", "high: .inf, log: true", ["params.train.learning_rate", "finite"]),
+    ("step that does not divide the range", "low: 0.001, high: 0.1, log: true", "low: 0.0, high: 0.1, step: 0.03",
+     ["params.train.learning_rate", "does not divide"]),
     ("unknown objective metric", "name: t", "name: t\nobjective: {metric: val_auc}", ["objective.metric", "val_auc"]),
     ("bad study name", "name: t", "name: 'a b'", ["name", "pattern"]),
     ("missing model", "model: {family: vgg, blocks: 2}\n", "", ["model", "required key is missing"]),

@@ -5,8 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-
-from tests.conftest import cli_env
+from tests.conftest import TINY_SPACE, cli_env
 from tests.sweeps import kill_mid_trial, optuna_study, sweep_runs
 
 
@@ -125,3 +124,33 @@ def test_a_keras_tuner_study_is_not_resumed_by_optuna(cli, capsys, write_space, 
     assert "that study was swept by kerastuner" in err and len(err.strip().splitlines()) == 1
     _, parents, children = sweep_runs(tracking_uri, "kt")
     assert len(parents) == 1 and len(children) == 1
+
+
+def refused_rerun(cli, capsys, tracking_uri, first, second, words):
+    """Run `first` (one trial), then `second` on the same study: refused in one line, and
+    neither MLflow nor Optuna changed."""
+    assert cli("run", *first, "--quiet", "--study", "fit", "--trials", "1") == 0
+    _, parents, _ = sweep_runs(tracking_uri, "fit")
+    assert cli("run", *second, "--quiet", "--study", "fit", "--trials", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(word in err for word in words), err
+    _, after, children = sweep_runs(tracking_uri, "fit")
+    assert after[0].info.status == parents[0].info.status == "FINISHED" and len(children) == 1
+    assert [t.state.name for t in optuna_study("fit").trials] == ["COMPLETE"]
+
+
+def test_a_rerun_with_the_other_direction_is_refused_before_touching_mlflow(cli, capsys, write_space, tiny_cifar,
+                                                                            tracking_uri):
+    space = [write_space(), "--data-dir", tiny_cifar, "--set", "train.epochs=1"]
+    refused_rerun(cli, capsys, tracking_uri, space, space + ["--set", "objective.metric=val_loss"],
+                  ["the existing study maximizes"])
+
+
+def test_a_rerun_with_another_kind_of_parameter_is_refused_before_touching_mlflow(cli, capsys, write_space,
+                                                                                  tiny_cifar, tracking_uri):
+    changed = write_space(TINY_SPACE.replace(
+        "train.learning_rate: {type: float, low: 0.01, high: 0.1, log: true}",
+        "train.learning_rate: {type: categorical, choices: [0.01, 0.1]}"), "changed.yaml")
+    refused_rerun(cli, capsys, tracking_uri, [write_space(), "--data-dir", tiny_cifar, "--set", "train.epochs=1"],
+                  [changed, "--data-dir", tiny_cifar, "--set", "train.epochs=1"],
+                  ["parameter train.learning_rate was sampled as", "use another --study"])

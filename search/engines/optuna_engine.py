@@ -14,6 +14,7 @@ workers, with a small connection pool per worker: optuna#5582, #1347).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import inspect
 import threading
@@ -47,6 +48,32 @@ def suggest(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
     if isinstance(spec, CategoricalParam):
         return trial.suggest_categorical(name, list(spec.choices))
     raise TypeError(f"unknown parameter spec {spec!r}")
+
+
+def distribution(spec: ParamSpec) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution `suggest` asks for (to compare a space with a study's)."""
+    if isinstance(spec, FloatParam):
+        return optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log, step=spec.step)
+    if isinstance(spec, IntParam):
+        return optuna.distributions.IntDistribution(spec.low, spec.high, log=spec.log, step=spec.step)
+    return optuna.distributions.CategoricalDistribution(list(spec.choices))
+
+
+def check_space_fits(study: optuna.Study, space: Space) -> None:
+    """A resumed study must keep each parameter's kind (and a categorical its choices):
+    Optuna refuses the change mid-trial, leaving that trial half-sampled."""
+    seen: dict[str, optuna.distributions.BaseDistribution] = {}
+    for trial in study.get_trials(deepcopy=False):
+        seen.update(trial.distributions)
+    for path, spec in space.params.items():
+        names = [n for n in seen if n == path or (spec.per_block and n.rsplit(".", 1)[0] == path)]
+        for name in names:
+            try:
+                optuna.distributions.check_distribution_compatibility(seen[name], distribution(spec))
+            except ValueError as err:
+                raise UsageError(f"--study {study.study_name}: parameter {name} was sampled as {seen[name]} "
+                                 f"there, and the space file now says {distribution(spec)} ({err}); "
+                                 "use another --study") from None
 
 
 class OptunaSuggester:
@@ -95,7 +122,7 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
         return None
 
 
-def make_sampler(name: str, seed: int, space: Space) -> optuna.samplers.BaseSampler:
+def _base_sampler(name: str, seed: int, space: Space) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         # multivariate+group model the joint and conditional structure; constant_liar keeps
         # parallel workers from all sampling the same point.
@@ -114,6 +141,50 @@ def make_sampler(name: str, seed: int, space: Space) -> optuna.samplers.BaseSamp
     if name == "grid":
         return AskTellGridSampler(grid_space(space), seed=seed)
     raise UsageError(f"--sampler: unknown sampler {name!r}")
+
+
+class PerTrialSeed(optuna.samplers.BaseSampler):
+    """A sampler re-seeded for every trial from (seed, trial number).
+
+    Optuna's samplers draw from one RNG seeded once per process. A resumed sweep (a new
+    process, same --seed) would replay the draws of its first invocation, and several
+    workers started with the same seed would draw the same first trials. Trial numbers are
+    unique within a study across processes, so a fresh inner sampler seeded from
+    (seed, number) gives every trial its own draws, the same ones for the same seed and
+    history (one worker still reproduces its sweep exactly). The samplers keep no state
+    between trials but their RNG (TPE and GP read the history; CMA-ES and the grid keep
+    theirs in the storage), so re-creating them per trial loses nothing."""
+
+    def __init__(self, make, seed: int):
+        self._make, self._seed = make, seed
+        self.inner = make(seed)
+
+    def _trial_seed(self, number: int) -> int:
+        return int(hashlib.sha256(f"{self._seed}:{number}".encode()).hexdigest()[:8], 16)
+
+    def before_trial(self, study, trial) -> None:
+        self.inner = self._make(self._trial_seed(trial.number))
+        self.inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
+
+
+def make_sampler(name: str, seed: int, space: Space) -> PerTrialSeed:
+    """The --sampler, seeded per trial (see PerTrialSeed)."""
+    return PerTrialSeed(lambda trial_seed: _base_sampler(name, trial_seed, space), seed)
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
@@ -230,25 +301,27 @@ class OptunaEngine:
     name = "optuna"
 
     def check(self, sweep: Sweep) -> None:
-        o = sweep.options
-        make_sampler(o.sampler, o.seed, sweep.spec.space)  # raises UsageError when it cannot run
-        make_pruner(o.pruner, sweep.spec.file.train.epochs)
+        """Open (or create) the study before the MLflow parent exists, so that a bad
+        --storage, a study of the other direction or of another space is refused before
+        anything is recorded."""
+        self._opened = self.open_study(sweep)
 
     def open_study(self, sweep: Sweep) -> tuple[optuna.Study, optuna.storages.RDBStorage, str]:
         o = sweep.options
         url = storage_url(o.storage)
+        sampler = make_sampler(o.sampler, o.seed, sweep.spec.space)  # UsageError when it cannot run
+        pruner = make_pruner(o.pruner, sweep.spec.file.train.epochs)
 
         def on_stale(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
             self.retry(sweep, study, failed, "its worker stopped sending heartbeats (killed or lost)")
 
         storage = make_storage(url, o.heartbeat, on_stale)
         study = optuna.create_study(study_name=o.study, storage=storage, load_if_exists=True,
-                                    direction=sweep.objective.goal,
-                                    sampler=make_sampler(o.sampler, o.seed, sweep.spec.space),
-                                    pruner=make_pruner(o.pruner, sweep.spec.file.train.epochs))
+                                    direction=sweep.objective.goal, sampler=sampler, pruner=pruner)
         if study.direction.name.lower() != sweep.objective.goal:
             raise UsageError(f"--study {o.study}: the existing study {study.direction.name.lower()}s, "
                              f"but the space file asks to {sweep.objective.goal} {sweep.metric}")
+        check_space_fits(study, sweep.spec.space)
         return study, storage, url
 
     def retry(self, sweep: Sweep, study: optuna.Study, failed: optuna.trial.FrozenTrial, why: str) -> None:
@@ -287,7 +360,7 @@ class OptunaEngine:
                 return None, ""
             if sweep.counts.failed >= o.max_failures:
                 return None, f"{sweep.counts.failed} trials failed (--max-failures {o.max_failures})"
-            sampler = study.sampler
+            sampler = study.sampler.inner
             if isinstance(sampler, AskTellGridSampler) and sampler.is_exhausted(study):
                 return None, "the grid is exhausted"
             with study_lock(storage, url, o.study):
@@ -319,7 +392,7 @@ class OptunaEngine:
 
     def run(self, sweep: Sweep) -> SweepSummary:
         o = sweep.options
-        study, storage, url = self.open_study(sweep)
+        study, storage, url = getattr(self, "_opened", None) or self.open_study(sweep)
         started = time.monotonic()
         ran, stopped = 0, ""
         while True:
@@ -351,6 +424,13 @@ class OptunaEngine:
         with Heartbeat(storage, trial._trial_id, sweep.options.heartbeat):
             try:
                 values = sweep.spec.space.sample(OptunaSuggester(trial))
+            except Exception as err:  # Optuna refused a value: the trial fails, the sweep goes on
+                reason = f"sampling failed: {err.__class__.__name__}: {str(err).strip()[:500]}"
+                trial.set_user_attr("fail_reason", reason)
+                study.tell(trial, state=OptunaState.FAIL, skip_if_finished=True)
+                sweep.counts.failed += 1
+                return
+            try:
                 result, run_id = sweep.run_trial(trial.number, values, report=report, best_so_far=best_so_far,
                                                  trial_key=str(trial.number), extra_tags=extra)
             except KeyboardInterrupt:
