@@ -141,10 +141,15 @@ def _check_flags(engine: str, *, study, trials, study_trials, tuner, sampler, pr
     if engine == "optuna" and tuner is not None:
         raise UsageError(f"--tuner {tuner}: Keras Tuner's algorithm; with --engine optuna choose --sampler")
     if engine == "kerastuner":
-        for flag, value in (("--sampler", sampler), ("--pruner", pruner), ("--storage", storage)):
-            if value is not None:
-                raise UsageError(f"{flag} {value}: Optuna's; with --engine kerastuner choose --tuner "
-                                 "(Keras Tuner keeps its study under mlruns/kerastuner/)")
+        if storage is not None:
+            raise UsageError("--storage is Optuna's study storage; Keras Tuner keeps its project in "
+                             "mlruns/kerastuner/<study>/")
+        if sampler is not None:
+            raise UsageError(f"--sampler {sampler} is Optuna's; with --engine kerastuner choose "
+                             "--tuner random|bayesian|hyperband")
+        if pruner is not None:
+            raise UsageError(f"--pruner {pruner} is Optuna's; Keras Tuner has no per-epoch pruner "
+                             "(--tuner hyperband stops poor configurations early)")
 
 
 def _check_counts(options) -> None:

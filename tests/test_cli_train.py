@@ -124,7 +124,7 @@ def test_bad_input_found_late_is_still_one_line_in_a_fresh_process(workdir, writ
 @pytest.mark.parametrize("flags,words", [
     (["--trials", "2", "--study-trials", "4"], ["--trials and --study-trials: give one"]),
     (["--tuner", "bayesian"], ["--tuner bayesian", "with --engine optuna"]),
-    (["--engine", "kerastuner", "--sampler", "random"], ["--sampler random: Optuna's"]),
+    (["--engine", "kerastuner", "--sampler", "random"], ["--sampler random is Optuna's"]),
     (["--study", "../escape"], ["--study '../escape'", "letters, digits"]),
 ])
 def test_contradicting_run_flags_are_refused(cli, capsys, write_space, tiny_cifar, flags, words):

@@ -48,12 +48,13 @@ from keras_tuner.engine.base_tuner import BaseTuner
 from keras_tuner.engine.trial import TrialStatus
 from keras_tuner.src.engine.conditions import Parent
 
+from search import store
 from search.errors import UsageError
 from search.space import CategoricalParam, Condition, DefaultSuggester, FloatParam, IntParam, ParamSpec, Space
 from search.sweep import Sweep, SweepSummary
-from search.train import TrialResult, TrialState
+from search.results import TrialResult, TrialState
 
-PROJECTS = Path("mlruns") / "kerastuner"  # one project directory per study, relative to cwd
+PROJECTS = store.STORE / "kerastuner"  # one project directory per study, relative to cwd
 MAX_RETRIES = 3  # times an interrupted trial is run again (as in the Optuna engine)
 HYPERBAND_FACTOR = 3  # Hyperband's reduction factor (Optuna's HyperbandPruner uses 3 too)
 NEVER = 2**62  # Keras Tuner's own consecutive-failure limit raises out of end_trial; --max-failures decides
@@ -511,19 +512,9 @@ class KerasTunerEngine:
         self._lock = None  # the project's lock file, held from check() to the end of run()
 
     def check(self, sweep: Sweep) -> None:
+        # --sampler/--pruner/--storage on the command line are refused earlier
+        # (commands._check_flags); the space file's Optuna defaults are simply not used.
         o, spec = sweep.options, sweep.spec
-        defaults = spec.file.search
-        # --sampler/--pruner/--storage are Optuna's. A value that differs from the space
-        # file's was given on the command line for nothing: say so rather than ignore it.
-        if o.storage:
-            raise UsageError(f"--storage is Optuna's study storage; Keras Tuner keeps its project in "
-                             f"{PROJECTS / o.study}/")
-        if o.sampler != defaults.sampler:
-            raise UsageError(f"--sampler {o.sampler} is Optuna's; with --engine kerastuner choose "
-                             f"--tuner random|bayesian|hyperband")
-        if o.pruner != defaults.pruner:
-            raise UsageError(f"--pruner {o.pruner} is Optuna's; Keras Tuner has no per-epoch pruner "
-                             f"(--tuner hyperband stops poor configurations early)")
         if o.tuner == "hyperband" and "train.epochs" in spec.space.params:
             raise UsageError(f"{spec.path}: params.train.epochs: --tuner hyperband sets each trial's epochs "
                              f"itself (up to train.epochs); do not search it")

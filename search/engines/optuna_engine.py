@@ -182,8 +182,12 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
         self.inner.reseed_rng()
 
 
-def make_sampler(name: str, seed: int, space: Space) -> PerTrialSeed:
-    """The --sampler, seeded per trial (see PerTrialSeed)."""
+def make_sampler(name: str, seed: int, space: Space) -> optuna.samplers.BaseSampler:
+    """The --sampler, seeded per trial (see PerTrialSeed). Not the grid: its seed shuffles
+    the grid once, and grid ids must mean the same points in every process, so it keeps
+    one seed (it already never repeats a point: visited ids are read from the storage)."""
+    if name == "grid":
+        return _base_sampler(name, seed, space)
     return PerTrialSeed(lambda trial_seed: _base_sampler(name, trial_seed, space), seed)
 
 
@@ -360,7 +364,7 @@ class OptunaEngine:
                 return None, ""
             if sweep.counts.failed >= o.max_failures:
                 return None, f"{sweep.counts.failed} trials failed (--max-failures {o.max_failures})"
-            sampler = study.sampler.inner
+            sampler = study.sampler
             if isinstance(sampler, AskTellGridSampler) and sampler.is_exhausted(study):
                 return None, "the grid is exhausted"
             with study_lock(storage, url, o.study):
