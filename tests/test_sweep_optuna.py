@@ -79,7 +79,8 @@ def test_kill_9_mid_trial_then_rerun_retries_it_and_keeps_the_rest(workdir, writ
     _, _, before = sweep_runs(tracking_uri, "crash")
     trial0 = next(c for c in before if c.data.tags["blocksweep.trial"] == "0")
 
-    rerun = subprocess.run(args + ["--trials", "2"], cwd=workdir, env=cli_env(), capture_output=True, text=True,
+    # --trials 1: the retried trial is this invocation's one trial (no new trial 2)
+    rerun = subprocess.run(args + ["--trials", "1"], cwd=workdir, env=cli_env(), capture_output=True, text=True,
                            timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
 
@@ -91,7 +92,7 @@ def test_kill_9_mid_trial_then_rerun_retries_it_and_keeps_the_rest(workdir, writ
     assert len(retries) == 1 and retries[0].state.name in ("COMPLETE", "PRUNED")  # ...ran again
     assert retries[0].params == by_number[1].params
     assert [t.state.name for t in study.trials].count("COMPLETE") + [t.state.name for t in study.trials].count(
-        "PRUNED") == 3
+        "PRUNED") == 2
 
     _, parents, children = sweep_runs(tracking_uri, "crash")
     assert len(parents) == 1
