@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", parents=[_common(data=False, training=False)],
                        help="export the best trial's model (best epoch) with what it needs to run")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--study", help="export the best completed trial of this study")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--study", help="export the best completed trial of this study (default: the store's "
+                                       "only study)")
     which.add_argument("--run", metavar="RUN_ID", help="export this run's model")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write (created; must be empty)")
     p.add_argument("--format", choices=("keras", "savedmodel", "onnx"), default="keras",

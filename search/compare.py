@@ -425,7 +425,7 @@ def compare(studies: Optional[list[str]] = None, *, experiment: Optional[str] = 
 
     from search.tracking import Tracker
 
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker(tracking_uri, create=False)
     comparison = read(tracker, studies, experiment, metric)
     if figures:
         drawn = draw_figures(tracker, comparison, out, top, storage)

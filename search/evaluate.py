@@ -61,7 +61,7 @@ def evaluate(model: str, *, data_dir: Optional[str] = None, out: Optional[str] =
         if not Path(model).exists() and RUN_ID.match(model):
             from search.tracking import Tracker
 
-            tracker = Tracker(tracking_uri)
+            tracker = Tracker(tracking_uri, create=False)
         source = locate(model, tmp, tracker)
         chosen = backend.select(backend_name)
         from search.data import load_cifar10

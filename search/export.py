@@ -48,6 +48,16 @@ RESULT_METRICS = ("objective", "best_epoch", "epochs_run", "train_seconds", "mea
 # --------------------------------------------------------------------------- which run
 
 
+def only_study(tracker) -> str:
+    """The study to export when neither --study nor --run is given: the store's only
+    sweep. Several: UsageError naming them (their objectives may not even compare)."""
+    names = sorted({found.study for found in tracker.studies()})
+    if len(names) > 1:
+        raise UsageError(f"export: {len(names)} studies in {tracker.uri} ({', '.join(names)}): "
+                         "choose one with --study NAME, or a run with --run RUN_ID")
+    return names[0]
+
+
 def choose_run(tracker, study: Optional[str], run_id: Optional[str]):
     """(run record, where it came from): the study's best completed trial by the ranking
     rules of `compare` (ties: the earlier run), or the run asked for. Raises UsageError
@@ -87,10 +97,6 @@ def export(*, study: Optional[str] = None, run_id: Optional[str] = None, out: st
     The best trial is chosen from MLflow; `storage`, when given with `study`, must hold
     that Optuna study (a check that the two stores describe the same sweep)."""
     out = Path(out)
-    if storage is not None and study is not None:
-        from search.engines.optuna_storage import check_study
-
-        check_study(storage, study)
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -105,7 +111,13 @@ def export(*, study: Optional[str] = None, run_id: Optional[str] = None, out: st
 
     from search.tracking import Tracker
 
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker(tracking_uri, create=False)
+    if study is None and run_id is None:
+        study = only_study(tracker)
+    if storage is not None and study is not None:
+        from search.engines.optuna_storage import check_study
+
+        check_study(storage, study)
     run, source = choose_run(tracker, study, run_id)
     backend.select(chosen)
     from search.models import load_model

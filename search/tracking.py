@@ -239,8 +239,15 @@ def _record(run) -> RunRecord:
 class Tracker:
     """An MLflow store: experiments, parent runs, child runs."""
 
-    def __init__(self, uri: Optional[str] = None):
+    def __init__(self, uri: Optional[str] = None, create: bool = True):
+        """`create=False` for the commands that only read (compare, export, evaluate): a
+        local database that does not exist is refused instead of created empty, so a
+        command run in the wrong folder leaves no mlruns/ behind."""
         self.uri = uri or default_tracking_uri()
+        db = store_urls.sqlite_path(self.uri)
+        if not create and db is not None and not db.exists():
+            raise UsageError(f"no sweeps in {self.uri}: no such MLflow database; run `blocksweep run SPACE.yaml` "
+                             "first, or point --tracking-uri at the store")
         self.local_store = _local_store(self.uri)
         if self.local_store is not None:
             try:

@@ -107,6 +107,19 @@ def test_unknown_studies_and_metrics_are_one_line_and_exit_2(cli, capsys, tracki
         assert word in err
 
 
+@pytest.mark.parametrize("command", [["compare", "--no-figures"], ["export", "--out", "e"],
+                                     ["evaluate", "--model", "0123456789abcdef0123456789abcdef"]])
+def test_reading_commands_in_a_folder_without_a_store_leave_nothing_behind(cli, capsys, workdir, monkeypatch,
+                                                                           command):
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert cli(*command) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{elsewhere}/mlruns/mlflow.db: no such MLflow database" in err
+    assert list(elsewhere.iterdir()) == []
+
+
 @pytest.mark.parametrize("fmt,marker", [("csv", "rank,study,engine,trial"), ("markdown", "| rank | study |"),
                                         ("html", "<table"), ("table", "rank study")])
 def test_every_format_holds_the_ranking_and_is_written_to_out(cli, capsys, tracking_uri, tmp_path, fmt, marker):

@@ -225,6 +225,13 @@ def test_onnx_export_runs_in_onnxruntime_with_the_same_predictions(cli, exported
     np.testing.assert_allclose(outputs, expected, rtol=0, atol=1e-5)
 
 
+def test_without_study_or_run_the_stores_only_study_is_exported(cli, capsys, exported, tiny_sweep, tmp_path):
+    assert cli("export", "--out", tmp_path / "only", "--tracking-uri", tiny_sweep.tracking_uri, "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["source"] == exported["source"] and summary["run_id"] == exported["run_id"]
+    assert summary["source"].startswith(f"study {tiny_sweep.study} trial ")
+
+
 @pytest.mark.parametrize("case,words", [
     ("unknown", ["--study nope: no such study"]),
     ("empty", ["--study empty: no completed trial to export (no trials)"]),
@@ -233,7 +240,7 @@ def test_onnx_export_runs_in_onnxruntime_with_the_same_predictions(cli, exported
     ("bad-run", ["--run 0123abc: no such run"]),
     ("full-out", ["exists and is not an empty folder"]),
     ("savedmodel-jax", ["--format savedmodel: needs the TensorFlow backend"]),
-    ("neither", ["one of the arguments --study --run is required"]),
+    ("neither", ["export: 3 studies in sqlite:///", "(empty, nomodel, pruned): choose one with --study NAME"]),
     ("storage-without-study", ["--storage sqlite:///", "no such study database"]),
 ])
 def test_what_cannot_be_exported_is_one_line_and_exit_2(cli, capsys, tracking_uri, tmp_path, case, words):
