@@ -11,7 +11,7 @@
    without it only the converter runs.
 2. Our fast trial (`spaces/vgg_fast.yaml` with `train.airbench.validate: last_epoch`, as
    airbench evaluates once at the end), through the one trainer entry point
-   `search.train.train_and_evaluate`, on all 50,000 training images (the validation split
+   `search.training.train_and_evaluate`, on all 50,000 training images (the validation split
    is the first 1,000 test images, for the objective only): one warm-up run, which
    compiles into a fresh XLA cache (the cold compile time), then `--runs` runs (seeds
    0..runs-1) that rebuild the model and load their executables from that cache. Time =
@@ -209,7 +209,7 @@ def middle_rate(history) -> float:
 
 
 def run_ours(args, splits) -> dict:
-    from search.train import train_and_evaluate
+    from search.training import train_and_evaluate
 
     def one(seed, **more):
         config = fast_config(args, seed, **more)
@@ -244,8 +244,9 @@ def bare_step_rate(args, splits, steps: int, repeats: int = 3) -> dict:
     import jax.numpy as jnp
     import keras
 
-    from search import models, recipe
-    from search.train import precision_policy
+    from search import models
+    from search.training.airbench import recipe
+    from search.training.components import precision_policy
 
     config = fast_config(args, 0)
     r = config.train.airbench
@@ -291,7 +292,7 @@ def bare_step_rate(args, splits, steps: int, repeats: int = 3) -> dict:
 
 def generic_rate(args, splits) -> dict:
     """The recipe through Keras fit (`train.airbench.path: keras`), 2+ epochs."""
-    from search.train import train_and_evaluate
+    from search.training import train_and_evaluate
 
     config = fast_config(args, 0, **{"train.airbench.path": "keras", "train.epochs": max(2, min(args.epochs, 3))})
     start = time.perf_counter()

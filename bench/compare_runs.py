@@ -1,4 +1,4 @@
-"""How long `blocksweep compare` takes on a large sweep (mlflow#2730: searches get slow).
+"""How long `blocksweep compare` takes on a large sweep (MLflow's run searches slow down as runs grow).
 
     python bench/compare_runs.py [--runs 5000] [--epochs 10]
 
@@ -14,7 +14,7 @@ N real API calls would. Then it times:
   imports, figures, importances and artifact logging included,
 * for reference, two other ways to read the same runs: the tag-filtered search with
   1,000-run pages that the sweeps use for their own bookkeeping, and
-  `mlflow.search_runs` (a pandas DataFrame, the API mlflow#2730 is about).
+  `mlflow.search_runs` (a pandas DataFrame).
 
 Prints a markdown table for BENCHMARKS.md.
 """
@@ -159,7 +159,7 @@ def main() -> None:
 
 
 def run(args, work: Path) -> None:
-    from search import compare
+    from search.analysis import compare
     from search.tracking import Tracker
 
     uri = f"sqlite:///{work / 'mlruns' / 'mlflow.db'}"

@@ -35,7 +35,7 @@ def main() -> None:
     from search.backend import device_kind
     from search.config import RunConfig
     from search.models import vgg
-    from search.train import loss_function, optimizer, precision_policy
+    from search.training.components import loss_function, optimizer, precision_policy
 
     config = RunConfig(model=vgg.Config())
     keras.mixed_precision.set_dtype_policy(precision_policy(config))

@@ -43,7 +43,7 @@ def main() -> None:
         write_batches(work / "data", *synthetic_cifar(6000, 1000))
         data_dir = str(work / "data")
 
-    from search import tracking
+    from search.tracking import tracker as tracking
 
     spent: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)

@@ -27,6 +27,16 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+class Noted(argparse.Action):
+    """argparse's `store` (with nargs=0: `store_true`) that also notes the flag as it was
+    typed (an abbreviation, or --flag=value), so that `worker_argv` can take exactly those
+    tokens out of the command line the launcher was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+        namespace.noted = [*getattr(namespace, "noted", []), (option_string, self.nargs == 0)]
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -69,7 +79,7 @@ def _common(tracking=True, data=True, training=True) -> argparse.ArgumentParser:
                        help="override a config value, e.g. --set train.epochs=3 (repeatable); "
                             "a searched parameter that is set is no longer searched")
     p.add_argument("--quiet", action="store_true", help="no progress display")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--json", action=Noted, nargs=0, default=False, help="print the summary as JSON")
     return p
 
 
@@ -103,11 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the .keras model of every trial, or of the best so far (default)")
     p.add_argument("--heartbeat", type=_positive_float, default=10.0,
                    help="seconds between a running trial's heartbeats; a trial silent for 3x this is retried")
-    p.add_argument("--workers", type=_positive_int,
+    p.add_argument("--workers", type=_positive_int, action=Noted,
                    help="start N worker processes on this machine, all on this study (see --gpus)")
-    p.add_argument("--gpus", help="GPUs for the workers, round-robin, e.g. 0,1 (default: every visible GPU; "
-                                  "none: the CPU)")
-    p.add_argument("--gpu-memory-fraction", type=_positive_float,
+    p.add_argument("--gpus", action=Noted, help="GPUs for the workers, round-robin, e.g. 0,1 (default: every "
+                                                "visible GPU; none: the CPU)")
+    p.add_argument("--gpu-memory-fraction", type=_positive_float, action=Noted,
                    help="each worker's share of its GPU's memory (default when workers share a GPU: "
                         "0.9 / workers on it)")
     p.set_defaults(func=cmd_run)
@@ -173,7 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for confusion_matrix.png and evaluation.json (default: evaluation/<name>)")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="Keras backend (default: as for train)")
     p.set_defaults(func=cmd_evaluate)
-    parser.subcommands = sub.choices  # name -> subparser (for worker_argv)
     return parser
 
 
@@ -199,25 +208,20 @@ def cmd_train(args) -> int:
 LAUNCHER_FLAGS = ("workers", "gpus", "gpu_memory_fraction")
 
 
-def worker_argv(args) -> list[str]:
-    """The `run` command line one worker runs: every flag as parsed, minus the launcher's
-    own (--workers, --gpus, --gpu-memory-fraction) and --json (the launcher adds it)."""
-    argv = ["run"]
-    for action in build_parser().subcommands["run"]._actions:  # argparse has no public list of them
-        value = getattr(args, action.dest, None)
-        if action.dest in (*LAUNCHER_FLAGS, "help", "json") or value is None:
+def worker_argv(argv: list[str], args) -> list[str]:
+    """The `run` command line one worker runs: the one the launcher was given, minus the
+    launcher's own flags (--workers, --gpus, --gpu-memory-fraction) and --json (the
+    launcher adds it), each as it was typed (`Noted`)."""
+    noted = dict(getattr(args, "noted", []))  # flag as typed -> takes no value
+    out, tokens = [], iter(argv)
+    for token in tokens:
+        flag, equals, _ = token.partition("=")
+        if token.startswith("--") and flag in noted:
+            if not equals and not noted[flag]:
+                next(tokens, None)  # its value, the next token
             continue
-        if not action.option_strings:  # the space file
-            argv.append(str(value))
-            continue
-        flag = max(action.option_strings, key=len)
-        if action.nargs == 0:  # --quiet
-            argv += [flag] if value else []
-        elif isinstance(value, list):  # --set, repeated
-            argv += [f"{flag}={v}" for v in value]
-        else:  # --flag=value: safe for values that start with "-"
-            argv.append(f"{flag}={value}")
-    return argv
+        out.append(token)
+    return out
 
 
 def cmd_run(args) -> int:
@@ -226,9 +230,9 @@ def cmd_run(args) -> int:
     from search import commands
 
     if any(getattr(args, flag) is not None for flag in LAUNCHER_FLAGS):
-        from search import workers
+        from search.services import workers
 
-        code, summary, line = workers.run(args.space, worker_argv(args), workers=args.workers or 1,
+        code, summary, line = workers.run(args.space, worker_argv(args.argv, args), workers=args.workers or 1,
                                           gpus=args.gpus, memory_fraction=args.gpu_memory_fraction,
                                           overrides=args.set, engine=args.engine)
         _print(args, summary, line)
@@ -245,7 +249,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from search.compare import compare
+    from search.analysis.compare import compare
 
     report = compare(args.study, experiment=args.experiment, top=args.top, metric=args.metric,
                      fmt="json" if args.json else args.format, out=args.out, tracking_uri=args.tracking_uri,
@@ -256,7 +260,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from search.export import export
+    from search.artifacts.export import export
 
     s = export(study=args.study, run_id=args.run, out=args.out, fmt=args.format, register=args.register,
                tracking_uri=args.tracking_uri, backend_name=args.backend, storage=args.storage)
@@ -270,7 +274,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from search.export import predict
+    from search.artifacts.predict import predict
 
     rows = predict(args.model, args.images, backend_name=args.backend)
     lines = "\n".join(f"{r['image']}: {r['label']} ({r['probability']:.3f})" for r in rows)
@@ -279,19 +283,19 @@ def cmd_predict(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from search import services
+    from search.services import ui
 
     try:
-        return services.ui(host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
+        return ui.ui(host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
                            artifacts_destination=args.artifacts_destination, workers=args.workers,
                            dashboard=args.dashboard, dashboard_port=args.dashboard_port, storage=args.storage)
-    except services.ServiceFailed as err:
+    except ui.ServiceFailed as err:
         print(f"blocksweep ui: {err}", file=sys.stderr)
         return 1
 
 
 def cmd_evaluate(args) -> int:
-    from search.evaluate import evaluate
+    from search.artifacts.evaluate import evaluate
 
     s = evaluate(args.model, data_dir=args.data_dir, out=args.out, tracking_uri=args.tracking_uri,
                  backend_name=args.backend)
@@ -305,8 +309,10 @@ def cmd_evaluate(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = parser.parse_args(argv)
+        args.argv = argv  # as given: the launcher forwards it to its workers (`worker_argv`)
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

@@ -21,16 +21,16 @@ def _load_data(data_dir, data_config):
 
 
 def _check_model(config, tracking_uri: Optional[str]) -> None:
-    """The model family's own checks, which may need Keras (a ResNet's pre-trained weights
-    exist and fit its architecture): bad input is refused before any data or run."""
-    from search.models import check
+    """Checks that need Keras (a ResNet's pre-trained weights exist and fit its
+    architecture): bad input is refused before any data or run."""
+    from search.training.weights import check
 
     check(config.model, tracking_uri=tracking_uri)
 
 
 def _environment(spec, backend_name: str) -> dict:
     from search.backend import device_kind
-    from search.tracking import environment_tags
+    from search.tracking.tracker import environment_tags
 
     return environment_tags(spec.file.model.family, backend_name, device_kind())
 
@@ -42,7 +42,7 @@ def train(space: str, *, overrides: list[str] | None = None, data_dir: Optional[
     logged as one MLflow run. Returns the summary; raises TrialFailed if training broke."""
     spec = load_spec(space, parse_overrides(overrides))
     from search.config import resolve
-    from search.space import DefaultSuggester
+    from search.config.space import DefaultSuggester
 
     values = spec.space.sample(DefaultSuggester())
     try:
@@ -54,8 +54,8 @@ def train(space: str, *, overrides: list[str] | None = None, data_dir: Optional[
     splits = _load_data(data_dir, config.data)
 
     from search.progress import EpochBar
-    from search.runs import train_tracked
-    from search.tracking import Tracker
+    from search.tracking.tracker import Tracker
+    from search.trials.tracked import train_tracked
 
     tracker = Tracker(tracking_uri)
     exp_id, _ = tracker.experiment(experiment or f"{spec.name}-train")
@@ -83,7 +83,7 @@ def sweep(space: str, *, engine: Optional[str] = None, trials: Optional[int] = N
           data_dir: Optional[str] = None, backend_name: Optional[str] = None,
           tracking_uri: Optional[str] = None, quiet: bool = False):
     """`blocksweep run`: a tuning sweep; returns its SweepSummary."""
-    from search.sweep import Sweep, SweepOptions
+    from search.trials.sweep import Sweep, SweepOptions
 
     spec = load_spec(space, parse_overrides(overrides))
     d = spec.file.search
@@ -108,7 +108,7 @@ def sweep(space: str, *, engine: Optional[str] = None, trials: Optional[int] = N
 
     from search.engines import get_engine
     from search.progress import SweepBar
-    from search.tracking import Tracker
+    from search.tracking.tracker import Tracker
 
     eng = get_engine(options.engine)
     tracker = Tracker(tracking_uri)
@@ -166,7 +166,9 @@ def _check_counts(options) -> None:
 
 
 def _storage_kind(options) -> str:
+    from search.tracking.urls import kind
+
     if options.engine == "kerastuner":
         return "kerastuner-project"
-    return (options.storage or "sqlite").split(":", 1)[0].split("+", 1)[0]
+    return kind(options.storage or "sqlite")
 

@@ -17,3 +17,11 @@ class TrialFailed(Exception):
     """A training run that broke; the message is the reason recorded for it."""
 
     exit_code = 1
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """An exception as one short line for a message: its first line of text (cut to
+    `limit` characters), or its class name when it has no text. Library errors (MLflow,
+    SQLAlchemy, Keras) often carry pages of detail; a user needs the first line."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:limit] if lines else err.__class__.__name__

@@ -6,7 +6,7 @@ import pytest
 
 from search.config import load_spec, parse_overrides, resolve
 from search.errors import UsageError
-from search.space import DefaultSuggester
+from search.config.space import DefaultSuggester
 
 BASE = """\
 name: t

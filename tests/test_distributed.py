@@ -92,7 +92,7 @@ def test_four_workers_run_one_study_of_twelve_trials_exactly(workdir, write_spac
     assert {c.info.run_id for c in children} == {t.user_attrs["mlflow_run_id"] for t in study.trials}
     assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
     assert len({c.data.tags["blocksweep.worker"] for c in children}) >= 2  # the work was shared
-    for child in children:  # everything the workers logged in parallel arrived (mlflow#4353)
+    for child in children:  # everything the workers logged in parallel arrived
         assert child.data.params["train.epochs"] == "1" and "model.block" in child.data.params
         if child.info.status == "FINISHED":
             assert {"objective", "test_accuracy", "val_accuracy", "epochs_run"} <= set(child.data.metrics)

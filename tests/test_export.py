@@ -24,7 +24,7 @@ FILES = ["config.yaml", "labels.txt", "metrics.json", "model.keras", "model.weig
 @pytest.fixture(scope="module")
 def exported(tiny_sweep, tmp_path_factory) -> dict:
     """The shared sweep's best trial, exported once (the summary `export` returns)."""
-    from search.export import export
+    from search.artifacts.export import export
 
     return export(study=tiny_sweep.study, out=tmp_path_factory.mktemp("export") / "best",
                   tracking_uri=tiny_sweep.tracking_uri)

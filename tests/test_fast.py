@@ -1,4 +1,4 @@
-"""The fast trial: airbench's recipe in the VGG family (search/recipe.py, search/fast.py,
+"""The fast trial: airbench's recipe in the VGG family (search/training/airbench/,
 search/models/layers.py), from its pieces to a sweep under JAX."""
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ import math
 import numpy as np
 import pytest
 
-from search import recipe
 from search.config import AirbenchRecipe, DataConfig, RunConfig, TrainConfig, load_spec
 from search.data import load_cifar10, prepare
 from search.errors import UsageError
 from search.models import vgg
 from search.models.layers import PatchWhitening, whitening_kernel
-from search.train import TrialState, train_and_evaluate
+from search.training import train_and_evaluate
+from search.training.airbench import keras_path, recipe
+from search.training.results import TrialState
 from tests.conftest import REPO, run_cli
 from tests.sweeps import sweep_runs
 
@@ -113,7 +114,7 @@ def test_lookahead_callback_follows_the_rule_on_a_toy():
     r = AirbenchRecipe()
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
     w = model.layers[0].kernel
-    look = recipe.Lookahead(r, total_steps=12)
+    look = keras_path.Lookahead(r, total_steps=12)
     look.set_model(model)
     look.on_train_begin()
     seen = []
@@ -149,8 +150,9 @@ def test_recipe_sgd_is_pytorchs_nesterov_sgd_with_coupled_decay():
     start = [np.array([1.0, -2.0, 0.5]), np.array([0.3, 0.1])]
     grads = lambda ws: [2 * ws[0] + 1.0, np.sin(3 * ws[1])]  # noqa: E731 - a toy gradient
     ours = [keras.Variable(w.astype(np.float32)) for w in start]
-    opt = recipe.RecipeSGD(Rates(), r.momentum, True, [(1.0, r.weight_decay, None),
-                                                       (r.bias_lr_scale, r.bias_weight_decay, None)])
+    opt = keras_path.RecipeSGD(Rates(), r.momentum, True, {ours[0].path: (1.0, r.weight_decay, None),
+                                                           ours[1].path: (r.bias_lr_scale, r.bias_weight_decay,
+                                                                          None)})
     theirs = [torch.tensor(w, dtype=torch.float32, requires_grad=True) for w in start]
     ref = torch.optim.SGD([{"params": [theirs[0]], "lr": 1.0, "weight_decay": r.weight_decay},
                            {"params": [theirs[1]], "lr": 1.0, "weight_decay": r.bias_weight_decay}],

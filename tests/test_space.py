@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from search.space import (CategoricalParam, Condition, DefaultSuggester, FixedSuggester, FloatParam, IntParam,
+from search.config.space import (CategoricalParam, Condition, DefaultSuggester, FixedSuggester, FloatParam, IntParam,
                           Space, dependency_order)
 
 

@@ -18,7 +18,7 @@ import keras_tuner as kt
 import pytest
 
 from search.engines.kerastuner_engine import KTSuggester, declare_space, hp_call
-from search.space import CategoricalParam, FloatParam, IntParam, Space
+from search.config.space import CategoricalParam, FloatParam, IntParam, Space
 from tests.conftest import cli_env
 from tests.sweeps import kill_mid_trial, sweep_runs
 from tests.test_backend_jax import tripwire

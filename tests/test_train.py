@@ -10,7 +10,8 @@ import pytest
 from search.config import DataConfig, RunConfig, Schedule, TrainConfig
 from search.data import load_cifar10, prepare
 from search.models import vgg
-from search.train import TrialState, train_and_evaluate
+from search.training import train_and_evaluate
+from search.training.results import TrialState
 
 
 def tiny_config(**train) -> RunConfig:
@@ -110,7 +111,7 @@ def test_coupled_weight_decay_shrinks_kernels_more_than_decoupled(splits):
     (Schedule(kind="constant", warmup_epochs=1), [0, 4, 9, 20], [0.1, 0.5, 1.0, 1.0]),
 ])
 def test_schedule_multipliers(schedule, steps, expected):
-    from search.schedules import multiplier
+    from search.training.schedules import multiplier
 
     rate = multiplier(schedule, learning_rate=1.0, steps_per_epoch=10, total_steps=100)
     assert [float(np.asarray(rate(s))) for s in steps] == pytest.approx(expected, abs=1e-6)

@@ -73,7 +73,9 @@ def test_finetuning_unfreezes_exactly_the_top_k_stages_without_batch_norm(k, unf
 def test_feature_extraction_trains_the_head_and_leaves_the_base_untouched(workdir, splits, source):
     import keras
 
-    from search.train import TrialState, build_model, train_and_evaluate
+    from search.training import train_and_evaluate
+    from search.training.components import build_model
+    from search.training.results import TrialState
 
     c = config(scheme="features", weights=str(source))
     keras.utils.set_random_seed(c.train.seed)  # the head's initial weights, as the trial draws them
@@ -89,7 +91,8 @@ def test_feature_extraction_trains_the_head_and_leaves_the_base_untouched(workdi
 
 
 def test_finetuning_changes_the_unfrozen_convolutions_only(workdir, splits, source):
-    from search.train import TrialState, train_and_evaluate
+    from search.training import train_and_evaluate
+    from search.training.results import TrialState
 
     # No head epochs: the one epoch is fine-tuning, so the best epoch's weights (the ones
     # kept) are fine-tuned ones. (With head epochs, a best epoch in the head phase would
@@ -112,8 +115,8 @@ def test_finetuning_changes_the_unfrozen_convolutions_only(workdir, splits, sour
 
 
 def test_embedding_cache_is_reused_and_invalidated_by_weights_and_input_size(workdir, splits, source):
-    from search import transfer, weights
-    from search.train import build_model
+    from search.training import transfer, weights
+    from search.training.components import build_model
 
     def extract(c, perturb=0.0):
         base = build_model(c, splits).get_layer(resnet50.BASE)
@@ -197,7 +200,7 @@ def deeper_resnet(folder):
 
 
 def test_an_export_folder_is_a_weights_source(tmp_path, source):
-    from search import weights
+    from search.training import weights
 
     folder = tmp_path / "export"
     folder.mkdir()
@@ -230,7 +233,7 @@ def test_imagenet_weights_offline_fail_with_one_line_saying_to_pass_a_file(cli, 
     import urllib.request
     from pathlib import Path
 
-    from search.weights import IMAGENET_FILE
+    from search.training.weights import IMAGENET_FILE
 
     if (Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models" / IMAGENET_FILE).exists():
         pytest.skip("the ImageNet weights are in Keras's cache here: nothing to download")

@@ -137,8 +137,8 @@ def test_ui_refuses_a_tracking_server_as_its_store(cli, capsys, workdir):
 
 
 def test_ui_serves_the_embedded_store_where_sweeps_write_it(workdir, tracking_uri):
-    from search import services
-    from search.engines.optuna_engine import storage_url
+    from search.services import ui as services
+    from search.engines.optuna_storage import storage_url
     from search.tracking import Tracker, default_tracking_uri
 
     assert services.default_backend_store() == default_tracking_uri() == tracking_uri
@@ -150,6 +150,6 @@ def test_ui_serves_the_embedded_store_where_sweeps_write_it(workdir, tracking_ur
                                             ("127.0.0.2", True), ("0.0.0.0", False), ("192.168.1.5", False),
                                             ("myhost.example", False)])
 def test_only_loopback_hosts_count_as_private(host, loopback):
-    from search.services import is_loopback
+    from search.services.ui import is_loopback
 
     assert is_loopback(host) is loopback

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from search.sweep import Sweep, SweepSummary
+    from search.trials.sweep import Sweep, SweepSummary
 
 
 class Engine(Protocol):

@@ -34,7 +34,6 @@ Keras Tuner 1.4.8 facts this module relies on (read in its source; pinned <1.5):
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import json
 import os
@@ -44,15 +43,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 import keras_tuner as kt
+from keras_tuner.engine import hyperparameters as kt_hp
 from keras_tuner.engine.base_tuner import BaseTuner
 from keras_tuner.engine.trial import TrialStatus
-from keras_tuner.src.engine.conditions import Parent
 
-from search import store
-from search.errors import UsageError
-from search.space import CategoricalParam, Condition, DefaultSuggester, FloatParam, IntParam, ParamSpec, Space
-from search.sweep import Sweep, SweepSummary
-from search.results import TrialResult, TrialState
+from search.config.space import CategoricalParam, Condition, DefaultSuggester, FloatParam, IntParam, ParamSpec, Space
+from search.errors import UsageError, first_line
+from search.tracking import store
+from search.training.results import TrialResult, TrialState
+from search.trials.sweep import Sweep, SweepSummary
 
 PROJECTS = store.STORE / "kerastuner"  # one project directory per study, relative to cwd
 MAX_RETRIES = 3  # times an interrupted trial is run again (as in the Optuna engine)
@@ -84,50 +83,34 @@ def hp_call(name: str, spec: ParamSpec) -> tuple[str, dict[str, Any]]:
     raise TypeError(f"unknown parameter spec {spec!r}")
 
 
-@contextlib.contextmanager
-def _pushed_condition(hp: kt.HyperParameters, condition: Parent):
-    """What `hp.conditional_scope` does, without its check that the parent was declared
-    inside the enclosing scopes (see `conditional_scopes`)."""
-    hp._conditions.append(condition)
-    scopes = hp.active_scopes if condition.is_active(hp.values) else hp.inactive_scopes
-    scopes.append(copy.deepcopy(hp._conditions))
-    try:
-        yield
-    finally:
-        hp._conditions.pop()
+def hp_object(name: str, spec: ParamSpec, conditions: tuple[Condition, ...]) -> kt_hp.HyperParameter:
+    """The Keras Tuner hyperparameter for one parameter spec, active only while every
+    condition holds (a conjunction: `model.block` AND the block count `model.blocks`, say).
 
-
-@contextlib.contextmanager
-def conditional_scopes(hp: kt.HyperParameters, conditions: tuple[Condition, ...]):
-    """`hp.conditional_scope(parent, values)` for each condition, nested (all must hold).
-
-    Keras Tuner's conditional_scope looks the parent up under the enclosing scopes, so it
-    accepts a nested scope only when the inner parent was itself declared inside the outer
-    one (its nested-model style). Our conditions are conjunctions of parents declared
-    elsewhere (`model.block` AND the block count `model.blocks`; or a parent that is itself
-    conditional), which it refuses with ValueError; for those we push the same `Parent`
-    condition it would have pushed. Either way the parameter carries every condition."""
-    with contextlib.ExitStack() as stack:
-        for condition in conditions:
-            scope = hp.conditional_scope(condition.name, list(condition.values))
-            try:
-                stack.enter_context(scope)
-            except ValueError:  # parent declared outside the enclosing scopes
-                stack.enter_context(_pushed_condition(hp, Parent(condition.name, list(condition.values))))
-        yield
+    Keras Tuner's `hp.conditional_scope` accepts a nested scope only when the inner parent
+    was itself declared inside the outer scope (its nested-model style), which our
+    conjunctions of parents declared elsewhere are not. Every hyperparameter's config
+    carries its conditions, though: the object is built from that config (Keras Tuner's
+    own serialisation format, `Parent` conditions included) and registered with
+    `HyperParameters.merge`."""
+    method, kwargs = hp_call(name, spec)
+    config = {**kwargs, "conditions": [{"class_name": "Parent", "config": {"name": c.name, "values": list(c.values)}}
+                                       for c in conditions]}
+    if method == "Choice":
+        config["ordered"] = None  # Keras Tuner decides (numbers are ordered, strings not)
+    return getattr(kt_hp, method).from_config(config)
 
 
 class KTSuggester:
     """Samples one trial's values from Keras Tuner's `HyperParameters`: each suggestion is
-    declared (or looked up) with `hp_call` inside its conditional scopes."""
+    registered (if new) with its conditions, then read back; an inactive one reads None."""
 
     def __init__(self, hp: kt.HyperParameters):
         self.hp = hp
 
     def suggest(self, name: str, spec: ParamSpec, conditions: tuple[Condition, ...]) -> Any:
-        method, kwargs = hp_call(name, spec)
-        with conditional_scopes(self.hp, conditions):
-            return getattr(self.hp, method)(**kwargs)
+        self.hp.merge([hp_object(name, spec, conditions)], overwrite=False)
+        return self.hp.values.get(name)
 
 
 def declare_space(space: Space) -> kt.HyperParameters:
@@ -209,12 +192,18 @@ def make_oracle(tuner: str, sweep: Sweep) -> kt.Oracle:
 
 def kt_outcome(result: TrialResult, metric: str) -> tuple[str, Optional[dict], str]:
     """How a trial's result is told to Keras Tuner: (status, metrics for update_trial or
-    None, message). Keras Tuner has no pruned state: a pruned trial is scored on the epochs
-    it ran, as Keras Tuner's own Hyperband scores a trial it trained briefly."""
+    None, message). This engine never passes a pruner to the trainer (Keras Tuner has no
+    pruned state), so a trial either completed with an objective or failed."""
     if result.state is TrialState.FAILED or result.objective is None:
         return TrialStatus.FAILED, None, result.reason or "failed"
-    message = result.reason if result.state is TrialState.PRUNED else ""
-    return TrialStatus.COMPLETED, {metric: float(result.objective)}, message
+    return TrialStatus.COMPLETED, {metric: float(result.objective)}, ""
+
+
+def waiting_retries(oracle: kt.Oracle) -> list:
+    """Trials handed out before and not finished, which the oracle will hand out again: a
+    reloaded project's interrupted trials keep status RUNNING but are no longer ongoing."""
+    ongoing = {t.trial_id for t in oracle.ongoing_trials.values()}
+    return [t for t in oracle.trials.values() if t.status == TrialStatus.RUNNING and t.trial_id not in ongoing]
 
 
 # --------------------------------------------------------------------------- distributed mode
@@ -305,8 +294,7 @@ class SweepTuner(BaseTuner):
                          else f"not retried (already retried {len(earlier) - 1} times)"))
             sweep.tracker.mark_interrupted(sweep.experiment_id, sweep.parent_run_id, key, reason)
             if not again:
-                return TrialResult(state=TrialState.FAILED, objective=None, best_epoch=None, epochs_run=0,
-                                   reason=reason)
+                return TrialResult.failed(reason)
             extra.update({"blocksweep.retry_of": key, "blocksweep.attempt": len(earlier) + 1})
         values = sweep.spec.space.sample(KTSuggester(hp))
         if self.tuner_name == "hyperband":
@@ -357,7 +345,7 @@ class SweepTuner(BaseTuner):
             "completed": len(completed), "pruned": 0,
             "failed": statuses.count(TrialStatus.FAILED) + statuses.count(TrialStatus.INVALID),
             "running": len(self.oracle.ongoing_trials) if local else statuses.count(TrialStatus.RUNNING),
-            "waiting": len(getattr(self.oracle, "_retry_queue", [])) if local else 0}
+            "waiting": len(waiting_retries(self.oracle)) if local else 0}
         if completed:
             maximize = self.sweep.objective.goal == "maximize"
             best = sorted(completed, key=lambda t: t.score, reverse=maximize)[0]
@@ -425,6 +413,8 @@ class SweepTuner(BaseTuner):
         from concurrent import futures
 
         import grpc
+        # Keras Tuner has no public API for serving its oracle over gRPC but the blocking
+        # `start_server`, which never returns (see above): its service protos are private.
         from keras_tuner.src import protos
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))  # one RPC at a time, as Keras Tuner
@@ -462,6 +452,7 @@ class SweepTuner(BaseTuner):
 
 def _servicer(oracle):
     """Keras Tuner's gRPC servicer for the oracle, noting when a worker last called."""
+    # Private, for the same reason as `protos` in `serve`: no public servicer class.
     from keras_tuner.src.distribute.oracle_chief import OracleServicer
 
     class Servicer(OracleServicer):
@@ -547,14 +538,14 @@ class KerasTunerEngine:
             log = stack.enter_context(open(project / f"kerastuner-{tuner_id}.log", "a"))
             stack.enter_context(contextlib.redirect_stdout(log))  # Keras Tuner prints; stdout is ours
             if who == "worker":
+                # The client's timeout has no public setting (its default is an hour).
                 from keras_tuner.src.distribute import oracle_client
 
                 oracle_client.TIMEOUT = CHIEF_TIMEOUT_S  # read at each call
             try:
                 tuner = SweepTuner(make_oracle(o.tuner, sweep), sweep, o.tuner, PROJECTS)
             except RuntimeError as err:  # Keras Tuner cannot reload the project's files
-                first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-                raise UsageError(f"{project}: cannot reload the Keras Tuner project ({first})") from None
+                raise UsageError(f"{project}: cannot reload the Keras Tuner project ({first_line(err)})") from None
             if who != "worker":
                 oracle = tuner.oracle
                 if o.study_trials is not None:
@@ -562,7 +553,7 @@ class KerasTunerEngine:
                 elif o.trials is not None:
                     # --trials counts this invocation: Keras Tuner's max_trials counts the
                     # project's trials, and the retried ones are among this invocation's.
-                    retries = len(getattr(oracle, "_retry_queue", []))
+                    retries = len(waiting_retries(oracle))
                     oracle.max_trials = len(oracle.trials) + max(o.trials - retries, 0)
             trials = o.trials
             if who == "worker" and trials == sweep.spec.file.search.trials:

@@ -5,10 +5,11 @@ lock, so a study-wide budget (`--study-trials N`) is exact across any number of 
 (optimize's MaxTrialsCallback overshoots by up to workers-1), and it keeps our own
 heartbeat thread so a worker killed mid-trial is noticed: its trial is failed by
 `fail_stale_trials`, mirrored as failed in MLflow, and enqueued again with the same
-parameters for whichever worker is free (optuna#6283: Optuna does not rerun it by default).
+parameters for whichever worker is free (Optuna's own loop does not rerun it by default).
 
 Storage: SQLite under mlruns/ by default; any SQLAlchemy URL (PostgreSQL for many
-workers, with a small connection pool per worker: optuna#5582, #1347).
+workers, with a small connection pool per worker so that many workers stay under the server's
+connection limit).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from typing import Any, Optional
 import optuna
 from optuna.trial import TrialState as OptunaState
 
-from search import store, store_urls
+from search.config.space import CategoricalParam, Condition, DefaultSuggester, FloatParam, IntParam, ParamSpec, Space
+from search.engines.optuna_storage import cannot_open, storage_url
 from search.errors import UsageError
-from search.space import CategoricalParam, Condition, FloatParam, IntParam, ParamSpec, Space
-from search.sweep import Sweep, SweepSummary
-from search.results import TrialState
+from search.tracking import urls
+from search.training.results import TrialState
+from search.trials.sweep import Sweep, SweepSummary
 
 MAX_RETRIES = 3  # times a trial interrupted by a dead worker is run again
 
@@ -207,19 +209,8 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 # --------------------------------------------------------------------------- storage
 
 
-def storage_url(url: Optional[str]) -> str:
-    if url:
-        return url
-    return store.optuna_url()
-
-
-def storage_kind(url: str) -> str:
-    return url.split(":", 1)[0].split("+", 1)[0]
-
-
 def make_storage(url: str, heartbeat: float, on_stale) -> optuna.storages.RDBStorage:
-    kind = storage_kind(url)
-    if kind == "sqlite":
+    if urls.kind(url) == "sqlite":
         # Several local workers may share the file: wait for locks rather than fail.
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
@@ -233,12 +224,11 @@ def make_storage(url: str, heartbeat: float, on_stale) -> optuna.storages.RDBSto
             else "failed_trial_callback")
     try:
         # Workers starting together on an empty database would all create the tables.
-        with _quiet_experimental(), store_urls.exclusive(url, "optuna schema"):
+        with _quiet_experimental(), urls.exclusive(url, "optuna schema"):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval,
                                               grace_period=3 * interval, **{hook: on_stale})
     except Exception as err:  # bad URL, unreachable server, missing driver
-        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        raise UsageError(f"--storage {store_urls.redact(url)}: cannot open the study storage ({first[:300]})") from None
+        raise cannot_open(url, err) from None
 
 
 @contextlib.contextmanager
@@ -254,8 +244,15 @@ def _quiet_experimental():
 def study_lock(storage: optuna.storages.RDBStorage, url: str, study: str):
     """Mutual exclusion between all workers of a study, for the instant of deciding
     whether to start another trial: a PostgreSQL advisory lock, a MySQL named lock, or a
-    file lock beside an SQLite database (see search/store_urls.py)."""
-    return store_urls.exclusive(url, study, engine=storage.engine)
+    file lock beside an SQLite database (see search/tracking/urls.py)."""
+    return urls.exclusive(url, study, engine=storage.engine)
+
+
+def trial_id(storage: optuna.storages.RDBStorage, study: optuna.Study, trial: optuna.Trial) -> int:
+    """The storage's id of a trial (what heartbeats are recorded against), through the
+    storage's public lookups: the trial object keeps it only in a private attribute."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
 
 
 class Heartbeat:
@@ -346,8 +343,6 @@ class OptunaEngine:
             return
         if study.user_attrs.get("defaults_enqueued") or study.get_trials(deepcopy=False):
             return
-        from search.space import DefaultSuggester
-
         study.enqueue_trial(space.flat_names(space.sample(DefaultSuggester())))
         study.set_user_attr("defaults_enqueued", True)
 
@@ -391,7 +386,7 @@ class OptunaEngine:
         its heartbeat thread's first beat would otherwise leave the trial RUNNING forever."""
         with _quiet_experimental():
             trial = study.ask()
-        storage.record_heartbeat(trial._trial_id)
+        storage.record_heartbeat(trial_id(storage, study, trial))
         return trial
 
     def run(self, sweep: Sweep) -> SweepSummary:
@@ -425,7 +420,7 @@ class OptunaEngine:
 
         retry_of = trial.user_attrs.get("retry_of")
         extra = {"blocksweep.retry_of": retry_of} if retry_of is not None else {}
-        with Heartbeat(storage, trial._trial_id, sweep.options.heartbeat):
+        with Heartbeat(storage, trial_id(storage, study, trial), sweep.options.heartbeat):
             try:
                 values = sweep.spec.space.sample(OptunaSuggester(trial))
             except Exception as err:  # Optuna refused a value: the trial fails, the sweep goes on

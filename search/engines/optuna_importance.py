@@ -15,16 +15,12 @@ from typing import Optional
 
 import optuna
 
-from search import store
+from search.engines.optuna_storage import cannot_open, storage_url
+from search.errors import first_line
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 METHOD = "Optuna fANOVA (seed 0)"
-
-
-def storage_url(url: Optional[str]) -> str:
-    """The study storage `blocksweep run` uses."""
-    return url or store.optuna_url()
 
 
 def param_importances(study: str, storage: Optional[str] = None) -> dict[str, float]:
@@ -42,11 +38,7 @@ def param_importances(study: str, storage: Optional[str] = None) -> dict[str, fl
         raise LookupError(f"no Optuna study {study!r} in {url}") from None
     except Exception as err:  # a storage that cannot be opened (bad URL, no server)
         if storage is not None:  # the user named it: that is bad input, not a fallback
-            from search.errors import UsageError
-            from search.store_urls import redact
-
-            raise UsageError(f"--storage {redact(url)}: cannot open the study storage "
-                             f"({err.__class__.__name__})") from None
+            raise cannot_open(url, err) from None
         raise LookupError(f"cannot open {url} ({err.__class__.__name__})") from None
     completed = loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(completed) < 2:
@@ -55,4 +47,4 @@ def param_importances(study: str, storage: Optional[str] = None) -> dict[str, fl
     try:
         return dict(optuna.importance.get_param_importances(loaded, evaluator=evaluator, normalize=True))
     except (ValueError, RuntimeError) as err:  # e.g. no parameter common to all trials
-        raise ValueError(str(err).strip().splitlines()[0]) from None
+        raise ValueError(first_line(err)) from None

@@ -1,12 +1,25 @@
-"""Opening an Optuna study storage without the engine (which imports the trainer, and so
-Keras): for `blocksweep ui --dashboard`, whose optuna-dashboard opens a storage without
-creating its tables and so fails on a store no sweep has used yet; and for `export
---storage`, which checks the study is there."""
+"""Optuna study storages: the default URL, and opening one without the engine (which
+imports the trainer, and so Keras): for `blocksweep ui --dashboard`, whose
+optuna-dashboard opens a storage without creating its tables and so fails on a store no
+sweep has used yet; for `export --storage` and `compare --storage`, which check that the
+study is there."""
 
 from __future__ import annotations
 
-from search import store_urls
-from search.errors import UsageError
+from typing import Optional
+
+from search.errors import UsageError, first_line
+from search.tracking import store, urls
+
+
+def storage_url(url: Optional[str]) -> str:
+    """The study storage a sweep uses: the URL given, else sqlite:///<abs>/mlruns/optuna.db."""
+    return url or store.optuna_url()
+
+
+def cannot_open(url: str, err: Exception) -> UsageError:
+    """The one line for a storage that cannot be opened (bad URL, no server, no driver)."""
+    return UsageError(f"--storage {urls.redact(url)}: cannot open the study storage ({first_line(err)})")
 
 
 def prepare(url: str) -> None:
@@ -14,11 +27,10 @@ def prepare(url: str) -> None:
     import optuna
 
     try:
-        with store_urls.exclusive(url, "optuna schema"):  # the lock optuna_engine.make_storage takes
+        with urls.exclusive(url, "optuna schema"):  # the lock optuna_engine.make_storage takes
             optuna.storages.RDBStorage(url).engine.dispose()
     except Exception as err:  # bad URL, unreachable server, missing driver
-        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        raise UsageError(f"--storage {store_urls.redact(url)}: cannot open the study storage ({first[:300]})") from None
+        raise cannot_open(url, err) from None
 
 
 def check_open(url: str) -> list[str]:
@@ -26,19 +38,18 @@ def check_open(url: str) -> list[str]:
     An SQLite file that does not exist is refused too (opening it would create it)."""
     import optuna
 
-    path = store_urls.sqlite_path(url)
+    path = urls.sqlite_path(url)
     if path is not None and not path.exists():
-        raise UsageError(f"--storage {store_urls.redact(url)}: no such study database")
+        raise UsageError(f"--storage {urls.redact(url)}: no such study database")
     try:
         return optuna.get_all_study_names(storage=url)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        raise UsageError(f"--storage {store_urls.redact(url)}: cannot open the study storage ({first[:300]})") from None
+        raise cannot_open(url, err) from None
 
 
 def check_study(url: str, study: str) -> None:
     """Refuse (one line) a storage that cannot be opened or does not hold `study`."""
     names = check_open(url)
     if study not in names:
-        raise UsageError(f"--storage {store_urls.redact(url)}: no study {study!r} there "
+        raise UsageError(f"--storage {urls.redact(url)}: no study {study!r} there "
                          f"(studies: {', '.join(sorted(names)) or 'none'})")

@@ -1,14 +1,17 @@
-"""The model zoo: a registry from the `model.family` name in a space file to its module.
+"""The model zoo: a registry from the `model.family` name in a space file to its builder.
 
-Each family is one module with a `Config` record (its `family` literal is the name) and a
-`build(config, input_shape, num_classes) -> keras.Model`; adding a family is one new file
-and one line here. Builders import Keras inside, so reading configs never loads it.
+Each family is one module with `build(config, input_shape, num_classes) -> keras.Model`
+(and, when the network has data-dependent weights, `fit_statistics`); its configuration
+record lives in `search.config.families`. Builders import Keras inside, so importing the
+zoo never loads it. `load_model` opens a saved model with `safe_mode=True` and this
+package's custom layers registered.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
+from search.errors import UsageError, first_line
 from search.models import allcnn, resnet50, vgg
 
 FAMILIES: dict[str, ModuleType] = {
@@ -44,16 +47,8 @@ def load_model(path, compile: bool = True):
 def open_model(path, flag: str, compile: bool = True):
     """`load_model`, with any failure (not a Keras file, damaged, unknown layer) as one
     UsageError line naming `flag` (the option the path came from)."""
-    from search.errors import UsageError
-
     try:
         return load_model(path, compile=compile)
     except Exception as err:  # keras raises ValueError, OSError, zipfile errors...
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise UsageError(f"{flag}: cannot load {path} as a Keras model ({err.__class__.__name__}: {first})") from None
-def check(config, **context) -> None:
-    """A family's own checks before anything trains (a ResNet's weights file exists and fits
-    its architecture); they may need Keras, so call them after `backend.select`."""
-    hook = getattr(FAMILIES[config.family], "check", None)
-    if hook is not None:
-        hook(config, **context)
+        raise UsageError(f"{flag}: cannot load {path} as a Keras model "
+                         f"({err.__class__.__name__}: {first_line(err, 200)})") from None

@@ -8,31 +8,15 @@ al., ICLR 2015): no pooling layers; two 3x3 convolutions with stride 2 downsampl
     global average pooling, softmax
 
 ReLU follows every convolution, the last (class scores) included, as in the paper's
-table; the seed notes' Keras code drops it there and after the stride-2 layers. Padding:
+table (`class_relu: false` drops that last one). Padding:
 'same' everywhere except the 3x3 after the second downsampling, which is 'valid' (8x8 -> 6x6).
-`width` scales the 96/192 channels for quick CPU runs (1.0 is the paper).
+`width` scales the 96/192 channels for quick CPU runs (1.0 is the paper); the
+configuration is `search.config.families.AllCNNConfig`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
-
-from search.schema import record
-
-
-@record
-class Config:
-    family: Literal["allcnn"] = "allcnn"
-    width: float = Field(1.0, gt=0)
-    input_dropout: float = Field(0.2, ge=0, lt=1)
-    dropout: float = Field(0.5, ge=0, lt=1)
-    # The paper's table puts a ReLU on the class scores too. Once all ten scores are <= 0
-    # for every image, that ReLU passes no gradient and the network cannot recover: measured
-    # on the CPU (full width, lr 0.05, 5,000 images), the scores were all exactly 0 from the
-    # second epoch on (BENCHMARKS.md). False drops it, the usual remedy.
-    class_relu: bool = True
+from search.config.families import AllCNNConfig as Config
 
 
 def build(config: Config, input_shape: tuple[int, int, int], num_classes: int):

@@ -9,35 +9,15 @@ A composition is a dash-separated string read left to right, one token per layer
     pool   2x2 max pooling
     drop   dropout
 
-The seed notes list four conv blocks and three dense heads; `conv-pool-bn-act-conv-bn-act`
-is airbench's block (pooling before normalisation, activations placed explicitly).
+The names are declared in `search.config.families` (four VGG block orderings and
+airbench's `conv-pool-bn-act-conv-bn-act`; three dense heads, `gap` and `gmp`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
-BlockName = Literal[
-    "conv-bn-conv-pool-drop",
-    "bn-conv-bn-conv-pool-drop",
-    "conv-bn-conv-bn-pool",
-    "conv-drop-conv-drop-pool",
-    "conv-pool-bn-act-conv-bn-act",
-]
-HeadName = Literal["dense-drop", "dense-bn", "dense-bn-drop", "gap", "gmp"]
-
-BLOCK_NAMES: tuple[str, ...] = BlockName.__args__
-HEAD_NAMES: tuple[str, ...] = HeadName.__args__
-
 
 def tokens(composition: str) -> list[str]:
     return composition.split("-")
-
-
-def dropout_count(composition: str) -> int:
-    """How many dropout layers a block composition has (the conditional `inner_dropout`
-    parameter exists only for compositions with two)."""
-    return tokens(composition).count("drop")
 
 
 def conv_block(x, composition: str, filters: int, *, dropout: float, inner_dropout: float,

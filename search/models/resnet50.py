@@ -19,85 +19,22 @@ fit; otherwise the same bottleneck topology with the same layer names is built h
 CPU (TensorFlow, 2026-11-26): the full base trains at ~86 img/s at input 32 and ~20 img/s
 at 64; width 0.25 with one block per stage at ~600 img/s at 32.
 
-Transfer learning (`scheme`, `weights`, the fine-tuning options) is carried out by
-`search/transfer.py`; pre-trained weights are found by `search/weights.py`.
+The configuration is `search.config.families.ResNet50Config`. Transfer learning (`scheme`,
+`weights`, the fine-tuning options) is carried out by `search/training/transfer.py`;
+pre-trained weights are found by `search/training/weights.py`.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Optional
-
-from pydantic import Field, model_validator
-
-from search.models.blocks import HeadName, dense_head
-from search.models.vgg import Activation
-from search.schema import record
+from search.config.families import KERAS_RESNET50_BLOCKS as KERAS_BLOCKS
+from search.config.families import RESNET_STAGES as STAGES
+from search.config.families import RESNET_UNFREEZABLE as UNFREEZABLE
+from search.config.families import ResNet50Config as Config
+from search.models.blocks import dense_head
 
 BASE, HEAD = "resnet50", "head"  # layer names of the base and the head inside the classifier
-STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")  # layer-name prefixes, input to output
-UNFREEZABLE = STAGES[1:]  # fine-tuning unfreezes the top K of these; the stem stays frozen
-KERAS_BLOCKS = (3, 4, 6, 3)  # ResNet50's bottleneck blocks per stage
 STAGE_FILTERS = (64, 128, 256, 512)  # bottleneck widths (outputs are 4x)
 BN_EPSILON = 1.001e-5  # keras.applications' value
-
-
-@record
-class Config:
-    family: Literal["resnet50"] = "resnet50"
-    # Side of the square the 32x32 images are resized to, on the device. ImageNet features
-    # need room: 64 is the default, 32 the smallest ResNet50 accepts (1x1 after conv5).
-    input_size: int = Field(64, ge=32)
-    # Channel multiplier and blocks per stage (conv2..conv5); the defaults are ResNet50.
-    width: float = Field(1.0, gt=0, le=1)
-    stage_blocks: tuple[int, int, int, int] = KERAS_BLOCKS
-    # Pre-trained weights of the base: imagenet | PATH (.h5, .weights.h5, .keras, or a folder
-    # holding model.keras) | an MLflow run id | pretrain:SPACE.yaml (see search/weights.py).
-    weights: Optional[str] = None
-    # scratch: random initialisation, every layer trains (`weights` is not used: the
-    #   baseline). features: scheme 1, the frozen base as a fixed feature extractor (cached
-    #   embeddings). finetune: scheme 2, the head first, then the top stages unfrozen.
-    scheme: Literal["scratch", "features", "finetune"] = "scratch"
-    trainable_stages: int = Field(2, ge=0, le=len(UNFREEZABLE))  # finetune: K top stages unfrozen
-    head_epochs: int = Field(3, ge=0)  # finetune: epochs of head training on the embeddings first
-    finetune_learning_rate: float = Field(1e-4, gt=0)  # finetune: the rate once stages are unfrozen
-    # The head, from the same vocabulary as VGG's.
-    head: HeadName = "gap"
-    dense_units: int = Field(256, ge=1)
-    head_dropout: float = Field(0.5, ge=0, lt=1)
-    activation: Activation = "relu"
-
-    @model_validator(mode="after")
-    def _weights_fit_scheme(self):
-        if any(n < 1 for n in self.stage_blocks):
-            raise ValueError("stage_blocks needs at least one block per stage")
-        if self.scheme != "scratch" and not self.weights:
-            raise ValueError(f"scheme {self.scheme} transfers pre-trained weights: set model.weights "
-                             "(imagenet, a file, an export folder, a run id or pretrain:SPACE.yaml)")
-        if self.weights == "imagenet" and not self.is_keras_resnet50:
-            raise ValueError("weights imagenet fit only the full ResNet50 (width 1.0, stage_blocks [3, 4, 6, 3])")
-        return self
-
-    @property
-    def is_keras_resnet50(self) -> bool:
-        return self.width == 1.0 and tuple(self.stage_blocks) == KERAS_BLOCKS
-
-    @property
-    def transfers(self) -> bool:
-        """Whether pre-trained weights are used (scheme 1 or 2); scratch goes through the
-        ordinary trainer."""
-        return self.scheme != "scratch"
-
-    def trial_epochs(self, train_epochs: int) -> int:
-        """Epochs a trial runs: fine-tuning adds its head epochs before train.epochs."""
-        return train_epochs + (self.head_epochs if self.scheme == "finetune" else 0)
-
-    def check_data(self, data) -> None:
-        """ResNet's preprocessing is inside the model and expects pixels 0..255; the data
-        pipeline's own standardisation would feed it values around 0 instead (and the
-        ImageNet mean subtraction would then be wrong), so it must be off."""
-        if data.normalize:
-            raise ValueError("data.normalize must be false with model.family resnet50: the model applies "
-                             "keras.applications.resnet50.preprocess_input to 0..255 pixels itself")
 
 
 # --------------------------------------------------------------------------- the network
@@ -117,7 +54,7 @@ def front(x, config: Config):
 
 
 def build_base(config: Config):
-    """The ResNet base without top, randomly initialised (weights are loaded by weights.py)."""
+    """The ResNet base without top, randomly initialised (search/training/weights.py loads weights)."""
     import keras
 
     shape = (config.input_size, config.input_size, 3)
@@ -227,12 +164,3 @@ def trainable_split(net) -> dict[str, dict[str, int]]:
         (tw, tp), (fw, fp) = count(trainable), count(frozen)
         split[group] = {"trainable_weights": tw, "trainable_params": tp, "frozen_weights": fw, "frozen_params": fp}
     return split
-
-
-def check(config: Config, tracking_uri: Optional[str] = None) -> None:
-    """Before anything trains: the weights source exists and fits this architecture
-    (UsageError, one line). Needs Keras: call after the backend is selected."""
-    if config.weights:
-        from search import weights
-
-        weights.check(config, tracking_uri=tracking_uri)

@@ -1,8 +1,9 @@
 """VGG built from blocks (Simonyan & Zisserman, 2014), with the block composition as a
 searchable parameter.
 
-Each block is one composition from `blocks.py` with `filters * growth**i` channels (or an
-explicit per-block list); a max-pooling block halves the 32x32 input, so at most 5 blocks.
+The configuration is `search.config.families.VGGConfig`. Each block is one composition
+from `blocks.py` with `filters * growth**i` channels (or an explicit per-block list); a
+max-pooling block halves the 32x32 input, so at most 5 blocks.
 The head flattens into a dense layer (or globally averages) before the classifier.
 
 airbench94's network (Keller Jordan, 2024) is this family with the options below set:
@@ -16,82 +17,8 @@ first C_in filters (`init: airbench`). See spaces/vgg_fast.yaml.
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional, Union
-
-from pydantic import Field, model_validator
-
-from search.models.blocks import BlockName, HeadName, conv_block, dense_head
-from search.schema import record
-
-Activation = Literal["relu", "gelu", "elu", "selu", "swish", "tanh", "leaky_relu", "mish"]
-Rate = float  # dropout rate in [0, 1)
-
-
-@record
-class Config:
-    family: Literal["vgg"] = "vgg"
-    blocks: int = Field(3, ge=1, le=5)
-    block: BlockName = "conv-bn-conv-pool-drop"
-    # Channels of block 0, multiplied by `growth` per block; or one value per block.
-    filters: Union[int, tuple[int, ...]] = 32
-    growth: float = Field(2.0, gt=0)
-    # Dropout at the end of each block (or one rate per block); `inner_dropout` is the first
-    # dropout of blocks that have two (conv-drop-conv-drop-pool); None means `dropout`.
-    dropout: Union[Rate, tuple[Rate, ...]] = 0.25
-    inner_dropout: Rate | None = None
-    head: HeadName = "dense-drop"
-    dense_units: int = Field(128, ge=1)
-    head_dropout: Rate = Field(0.5, ge=0, lt=1)
-    activation: Activation = "relu"
-    # Widths are multiplied by this (rounded; a searchable knob that keeps the proportions).
-    width_multiplier: float = Field(1.0, gt=0)
-    # whiten: a frozen k x k patch-whitening convolution (2*k*k*3 filters, set from the
-    # first `whiten_images` training images by the trainer; eps as in airbench) and the
-    # activation, before the blocks.
-    stem: Literal["none", "whiten"] = "none"
-    whiten_kernel: int = Field(2, ge=1, le=4)
-    whiten_eps: float = Field(5e-4, gt=0)
-    whiten_images: int = Field(5000, ge=1)
-    conv_bias: bool = True
-    # Batch-norm in Keras's convention: moving = momentum * moving + (1 - momentum) * batch
-    # (PyTorch's momentum 0.6 is Keras's 0.4). bn_scale false: centre only (scale fixed at 1).
-    bn_momentum: float = Field(0.99, ge=0, lt=1)
-    bn_epsilon: float = Field(1e-3, gt=0)
-    bn_scale: bool = True
-    # keras: He-uniform convolutions, Glorot-uniform dense (Keras's default). airbench:
-    # PyTorch's default, uniform +-1/sqrt(fan_in), with each 3x3 convolution's first C_in
-    # filters set to the identity (a Dirac at the centre).
-    init: Literal["keras", "airbench"] = "keras"
-    classifier_bias: bool = True
-    # None: one Dense+softmax classifier (classic). A number: Dense -> `logits` (times this
-    # scale; airbench 1/9) -> softmax; the airbench recipe trains on that layer.
-    logit_scale: Optional[float] = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _per_block_lengths(self):
-        for name in ("filters", "dropout"):
-            value = getattr(self, name)
-            if isinstance(value, tuple) and len(value) != self.blocks:
-                raise ValueError(f"{name} has {len(value)} values for {self.blocks} blocks")
-        for rate in self.dropouts() + [self.inner_dropout or 0.0]:
-            if not 0 <= rate < 1:
-                raise ValueError(f"dropout rate {rate} is outside [0, 1)")
-        if min(self.widths()) < 1:
-            raise ValueError("every block needs at least one filter")
-        return self
-
-    def widths(self) -> list[int]:
-        if isinstance(self.filters, tuple):
-            base = list(self.filters)
-        else:
-            base = [self.filters * self.growth**i for i in range(self.blocks)]
-        return [max(1, round(w * self.width_multiplier)) for w in base]
-
-    def dropouts(self) -> list[float]:
-        if isinstance(self.dropout, tuple):
-            return list(self.dropout)
-        return [self.dropout] * self.blocks
-
+from search.config.families import VGGConfig as Config
+from search.models.blocks import conv_block, dense_head
 
 def build(config: Config, input_shape: tuple[int, int, int], num_classes: int):
     """The Keras model for `config`; layer names say block and position (block2_conv1).

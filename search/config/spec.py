@@ -1,0 +1,326 @@
+"""Space files: YAML -> a validated `Spec`; sampled values -> the `RunConfig` of one run.
+
+A space file describes one sweep:
+
+    name: quickstart            # the default study name
+    model: {family: vgg, ...}   # fixed model settings (records in families.py)
+    data: {...}                 # DataConfig (records.py)
+    train: {...}                # TrainConfig
+    objective: {metric: val_accuracy, direction: maximize}
+    search: {...}               # defaults for `blocksweep run` flags
+    params:                     # what a sweep varies, by dotted config path (space.py)
+      train.learning_rate: {type: float, low: 1.0e-4, high: 0.1, log: true}
+
+`load_spec` validates the whole file before anything runs (every parameter's values are
+tried against the config they set) and reports the first problem as one line: file, key
+path, what is wrong. `resolve` turns sampled values into the `RunConfig` that one training
+run uses.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import TypeAdapter, ValidationError
+
+from search.config.families import FAMILIES
+from search.config.records import RunConfig, SpaceFile
+from search.config.space import CategoricalParam, IntParam, Space, dependency_order
+from search.errors import UsageError, first_line
+
+_SPACE_FILE = TypeAdapter(SpaceFile)
+_RUN_CONFIG = TypeAdapter(RunConfig)
+SECTIONS = ("model", "data", "train")  # the sections a parameter may set
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A loaded space file: the validated record, its search space, and the raw mapping
+    that `resolve` overlays sampled values onto."""
+
+    path: str
+    file: SpaceFile
+    space: Space
+    raw: dict
+    text: str  # the file as read, logged as an artifact
+
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def base_config(self) -> RunConfig:
+        return resolve(self, {})
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-4` as a string; this loader reads it as the float a user meant."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*(?:[eE][-+]?\d+)?$"
+               r"|^[-+]?\.\d+(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or first_line(err)
+        raise UsageError(f"{where}{at}: invalid YAML: {problem}") from None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_loc(loc: tuple) -> str:
+    parts = [str(p) for p in loc]
+    # Tagged unions put the tag in the path (model.vgg.blocks); users wrote model.blocks.
+    if len(parts) > 1 and parts[0] == "model" and parts[1] in FAMILIES:
+        del parts[1]
+    if len(parts) > 2 and parts[0] == "params" and parts[2] in ("float", "int", "categorical"):
+        del parts[2]
+    return ".".join(parts) or "(top level)"
+
+
+def _first_error(err: ValidationError) -> tuple[str, str]:
+    first = err.errors()[0]
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "unexpected_keyword_argument":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    elif isinstance(first.get("input"), (str, int, float, bool)) and first["type"] != "value_error":
+        msg += f" (got {first['input']!r})"
+    more = len(err.errors()) - 1
+    if more:
+        msg += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return _format_loc(first["loc"]), msg
+
+
+def set_path(tree: dict, path: str, value: Any) -> None:
+    """Set `tree[a][b][c] = value` for path 'a.b.c', creating mappings on the way."""
+    keys = path.split(".")
+    node = tree
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """`--set key=value` flags as {path: value}; the value is read as YAML (3, 0.1, true, [a, b])."""
+    overrides: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w.]*", key):
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.epochs=3")
+        overrides[key] = parse_yaml(value, f"--set {key}") if value.strip() else None
+    return overrides
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
+    """Read, override and validate a space file completely. Raises UsageError (one line)."""
+    path = Path(path)
+    where = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"{where}: no such space file") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+        raise UsageError(f"{where}: cannot read the space file ({err.__class__.__name__})") from None
+    raw = parse_yaml(text, where)
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where}: a space file is a mapping with at least `name` and `model`")
+    raw = copy.deepcopy(raw)
+    # `--set` fixes a value; a searched parameter that is --set is no longer searched.
+    for key, value in (overrides or {}).items():
+        if key.split(".")[0] not in ("name", "description", *SECTIONS, "objective", "search"):
+            raise UsageError(f"--set {key}: unknown key (keys start with model., data., train., objective. or search.)")
+        if isinstance(raw.get("params"), dict):
+            raw["params"].pop(key, None)
+            _fix_conditions(raw["params"], key, value)
+        set_path(raw, key, value)
+    try:
+        spec_file = _SPACE_FILE.validate_python(raw)
+    except ValidationError as err:
+        loc, msg = _first_error(err)
+        source = f"--set {loc}" if loc in (overrides or {}) else f"{where}: {loc}"
+        raise UsageError(f"{source}: {msg}") from None
+    space = _check_params(where, raw, spec_file)
+    return Spec(path=where, file=spec_file, space=space, raw=raw, text=text)
+
+
+def _fix_conditions(params: dict, key: str, value: Any) -> None:
+    """A parameter conditioned on a now-fixed key either always exists (the fixed value
+    satisfies the condition) or never does."""
+    for name in list(params):
+        entry = params[name]
+        when = entry.get("when") if isinstance(entry, dict) else None
+        if not isinstance(when, dict) or key not in when:
+            continue
+        allowed = when[key] if isinstance(when[key], list) else [when[key]]
+        if value in allowed:
+            params[name] = {**entry, "when": {k: v for k, v in when.items() if k != key}}
+        else:
+            del params[name]
+
+
+def _check_params(where: str, raw: dict, spec_file: SpaceFile) -> Space:
+    """Cross-parameter checks, then every candidate value tried against its config."""
+    params = spec_file.params
+
+    def fail(key: str, msg: str):
+        raise UsageError(f"{where}: params.{key}: {msg}")
+
+    fixed_counts: dict[str, int] = {}
+    for path, spec in params.items():
+        if path.split(".")[0] not in SECTIONS or "." not in path:
+            fail(path, f"a parameter sets a config key under {', '.join(s + '.' for s in SECTIONS)} "
+                       "(e.g. train.learning_rate)")
+        for parent, allowed in spec.when.items():
+            if parent == path:
+                fail(f"{path}.when", "a parameter cannot depend on itself")
+            if parent not in params:
+                fail(f"{path}.when", f"{parent!r} is not a parameter of this space")
+            if params[parent].per_block:
+                fail(f"{path}.when", f"{parent!r} is per-block; conditions need a single value")
+            parent_values = _finite_values(params[parent])
+            for value in allowed:
+                if parent_values is not None and value not in parent_values:
+                    fail(f"{path}.when.{parent}", f"{value!r} is not a value {parent!r} can take")
+        if spec.per_block:
+            count = spec.per_block
+            if count in params:
+                if params[count].when:
+                    fail(f"{path}.per_block", f"{count!r} is conditional (has `when`); a block count must "
+                                              "exist in every trial")
+                values = _finite_values(params[count])
+                if params[count].per_block or values is None or not all(
+                        isinstance(v, int) and not isinstance(v, bool) for v in values):
+                    fail(f"{path}.per_block", f"{count!r} must be an int or a choice of ints")
+            else:
+                fixed = _lookup(raw, count)
+                if not isinstance(fixed, int) or isinstance(fixed, bool):
+                    # Try the record's default (model.blocks defaults to 3).
+                    fixed = _lookup(_as_dict(spec_file), count)
+                if not isinstance(fixed, int) or isinstance(fixed, bool):
+                    fail(f"{path}.per_block", f"{count!r} is neither a parameter nor a fixed integer in the file")
+                fixed_counts[count] = fixed
+    try:
+        dependency_order(params)
+    except ValueError as err:
+        raise UsageError(f"{where}: params: {err}") from None
+    space = Space(params=dict(params), fixed_counts=fixed_counts)
+
+    # Try every candidate (each choice; low and high) in the config it sets, so that
+    # `model.block: {choices: [conv-foo]}` fails now, not in trial 37.
+    for path, spec in params.items():
+        for k, candidate in enumerate(spec.candidates()):
+            counts = [None]
+            if spec.per_block:
+                counts = list(range(space.count_range(spec.per_block)[0], space.count_range(spec.per_block)[1] + 1))
+            for count in counts:
+                trial_raw = copy.deepcopy(raw)
+                value = candidate if count is None else [candidate] * count
+                set_path(trial_raw, path, value)
+                if count is not None:
+                    set_path(trial_raw, spec.per_block, count)
+                try:
+                    _RUN_CONFIG.validate_python({s: trial_raw.get(s, {}) for s in (*SECTIONS, "objective")
+                                                 if s in trial_raw})
+                except ValidationError as err:
+                    loc, msg = _first_error(err)
+                    which = f"choices[{k}]" if isinstance(spec, CategoricalParam) else ("low", "high")[k]
+                    if loc != path and not loc.startswith(path + "."):
+                        msg = f"{loc}: {msg}"
+                    fail(f"{path}.{which}", f"{candidate!r} is not a valid {path}: {msg}")
+    return space
+
+
+def _finite_values(spec) -> list | None:
+    if isinstance(spec, CategoricalParam):
+        return list(spec.choices)
+    if isinstance(spec, IntParam):
+        return spec.values()
+    return None
+
+
+def _lookup(tree: dict, path: str) -> Any:
+    node: Any = tree
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _as_dict(spec_file: SpaceFile) -> dict:
+    return asdict(spec_file)
+
+
+# --------------------------------------------------------------------------- resolving
+
+
+def resolve(spec: Spec, values: dict[str, Any]) -> RunConfig:
+    """The run configuration for sampled `values` ({config path: value}) over the file's
+    fixed settings. An impossible combination raises ValueError with the reason (a sweep
+    records that trial as failed and goes on)."""
+    raw = copy.deepcopy(spec.raw)
+    for path, value in values.items():
+        set_path(raw, path, value)
+    try:
+        return _RUN_CONFIG.validate_python({s: raw[s] for s in (*SECTIONS, "objective") if s in raw})
+    except ValidationError as err:
+        loc, msg = _first_error(err)
+        raise ValueError(f"invalid combination: {loc}: {msg}") from None
+
+
+def config_dict(config: RunConfig) -> dict:
+    """A plain, YAML-ready mapping of a run config (tuples as lists)."""
+
+    def plain(x):
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(asdict(config))
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{'train': {'epochs': 3}} -> {'train.epochs': 3}: how parameters are logged."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def run_config_from_dict(tree: dict) -> RunConfig:
+    """Validate a logged config mapping (e.g. from an MLflow artifact) back into a record."""
+    return _RUN_CONFIG.validate_python(tree)
+

@@ -1,0 +1,188 @@
+"""CIFAR-10: find it, load it safely, check it.
+
+Sources, in order: `--data-dir` / $BLOCKSWEEP_DATA_DIR (the official "python version"
+layout: a folder holding `cifar-10-batches-py/`, or that folder itself); else Keras's
+cache; else Keras's download. The batch files are pickles, read with the restricted
+unpickler of `pickles.py`: a pickle asking for anything but a batch's contents is refused
+before any of it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from search.data.pickles import UnsafePickle, restricted_load
+from search.errors import UsageError
+
+FOLDER = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META = "batches.meta"
+IMAGE_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+@dataclass(frozen=True)
+class Cifar10:
+    """The raw dataset: NHWC uint8 images and int labels, in the official order."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    label_names: tuple[str, ...]
+    source: str
+
+
+def _key(batch: dict, name: str):
+    for key in (name.encode(), name):
+        if key in batch:
+            return batch[key]
+    raise KeyError(name)
+
+
+def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file -> (images NHWC uint8, labels int64), checked."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: missing CIFAR-10 batch file") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        batch = restricted_load(raw)
+    except UnsafePickle as err:
+        raise UsageError(f"{path}: {err}") from None
+    except Exception as err:  # truncated or not a pickle at all
+        raise UsageError(f"{path}: not a readable CIFAR-10 batch ({err.__class__.__name__}: {err})") from None
+    if not isinstance(batch, dict):
+        raise UsageError(f"{path}: not a CIFAR-10 batch (a {type(batch).__name__}, expected a dict)")
+    try:
+        data, labels = _key(batch, "data"), _key(batch, "labels")
+    except KeyError as err:
+        raise UsageError(f"{path}: not a CIFAR-10 batch (no {err.args[0]!r} entry)") from None
+    data = np.asarray(data)
+    labels = np.asarray(labels)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise UsageError(f"{path}: images have shape {data.shape} and dtype {data.dtype}, "
+                         "expected (N, 3072) uint8")
+    if labels.shape != (data.shape[0],):
+        raise UsageError(f"{path}: {labels.size} labels for {data.shape[0]} images")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise UsageError(f"{path}: labels outside 0..9 (found {labels.min()}..{labels.max()})")
+    # Stored channel-first (3 planes of 32x32); Keras wants NHWC.
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+def _read_label_names(folder: Path) -> tuple[str, ...]:
+    path = folder / META
+    if not path.exists():
+        return LABEL_NAMES
+    try:
+        meta = restricted_load(path.read_bytes())
+        names = _key(meta, "label_names")
+    except (UnsafePickle, KeyError, Exception) as err:
+        raise UsageError(f"{path}: not a readable CIFAR-10 meta file ({err})") from None
+    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    if len(names) != NUM_CLASSES:
+        raise UsageError(f"{path}: {len(names)} label names, expected {NUM_CLASSES}")
+    return names
+
+
+def _batches_folder(path: Path) -> Path | None:
+    for candidate in (path / FOLDER, path):
+        if (candidate / TEST_BATCH).exists() or (candidate / TRAIN_BATCHES[0]).exists():
+            return candidate
+    return None
+
+
+def keras_cache_folder() -> Path:
+    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    return home / "datasets" / "cifar-10-batches-py-target" / FOLDER
+
+
+def find_folder(data_dir: str | os.PathLike | None) -> Path:
+    """Where the batch files are, by the documented order of sources."""
+    given = data_dir or os.environ.get("BLOCKSWEEP_DATA_DIR")
+    if given:
+        path = Path(given)
+        flag = "--data-dir" if data_dir else "$BLOCKSWEEP_DATA_DIR"
+        if not path.is_dir():
+            raise UsageError(f"{flag} {path}: no such directory")
+        folder = _batches_folder(path)
+        if folder is None:
+            raise UsageError(f"{flag} {path}: no CIFAR-10 batches here (expected {FOLDER}/ with "
+                             "data_batch_1..5 and test_batch)")
+        return folder
+    cached = keras_cache_folder()
+    if (cached / TEST_BATCH).exists():
+        return cached
+    return _download()
+
+
+def _download() -> Path:
+    """Keras's download into its cache (then read with our own loader, not Keras's
+    unrestricted one). Without a network this fails with the way out."""
+    from keras.utils import get_file
+
+    try:
+        path = get_file(fname="cifar-10-batches-py-target", origin=URL, extract=True)
+    except Exception as err:
+        raise UsageError(
+            f"CIFAR-10 is not here and cannot be downloaded ({err.__class__.__name__}); "
+            "pass --data-dir DIR with the cifar-10-batches-py/ layout (unpack "
+            f"{URL.rsplit('/', 1)[-1]}, fetched where there is a network, into DIR)"
+        ) from None
+    folder = _batches_folder(Path(path))
+    if folder is None:
+        raise UsageError(f"{path}: the download holds no {FOLDER}/")
+    return folder
+
+
+def load_cifar10(data_dir: str | os.PathLike | None = None) -> Cifar10:
+    """Load and check all six batches."""
+    folder = find_folder(data_dir)
+    train = [load_batch(folder / name) for name in TRAIN_BATCHES]
+    x_test, y_test = load_batch(folder / TEST_BATCH)
+    return Cifar10(
+        x_train=np.concatenate([x for x, _ in train]),
+        y_train=np.concatenate([y for _, y in train]),
+        x_test=x_test,
+        y_test=y_test,
+        label_names=_read_label_names(folder),
+        source=str(folder),
+    )
+
+
+def write_batches(folder: Path, x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                  label_names: tuple[str, ...] | None = None) -> Path:
+    """Write arrays in the official layout (five training batches, a test batch, the meta
+    file) into `folder/cifar-10-batches-py`. Used by tests and benchmarks to make small,
+    real-shaped datasets."""
+    out = Path(folder) / FOLDER
+    out.mkdir(parents=True, exist_ok=True)
+
+    def dump(name, images, labels):
+        data = np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), 3072))
+        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in labels], b"data": data,
+                 b"filenames": [f"{i:05d}.png".encode() for i in range(len(images))]}
+        (out / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+    for i, (xs, ys) in enumerate(zip(np.array_split(x, 5), np.array_split(y, 5)), start=1):
+        dump(f"data_batch_{i}", xs, ys)
+    dump(TEST_BATCH, test_x, test_y)
+    names = label_names or LABEL_NAMES
+    meta = {b"num_cases_per_batch": len(x) // 5, b"label_names": [n.encode() for n in names], b"num_vis": 3072}
+    (out / META).write_bytes(pickle.dumps(meta, protocol=2))
+    return out

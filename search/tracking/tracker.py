@@ -1,0 +1,526 @@
+"""MLflow tracking: experiments, the sweep's parent run, child runs, reading back.
+
+Layout, correct by construction:
+
+* `blocksweep train` logs one run into the experiment `<space name>-train`.
+* A sweep has one experiment per study (named after the study) holding exactly one parent
+  run (tag ``blocksweep.role=parent``), and one child run per trial (``mlflow.parentRunId``
+  set, ``blocksweep.role=trial``), created by whichever process runs that trial.
+* The parent is found, never duplicated: creating the experiment is atomic in MLflow
+  (names are unique), so the process that creates it creates the parent and records the
+  parent's id as an experiment tag; everyone else reads that tag. Resuming a sweep finds
+  the same tag and reuses the same parent run.
+* States are mirrored: completed -> FINISHED, pruned -> KILLED, failed -> FAILED, each with
+  a ``blocksweep.state`` tag and, where there is one, ``blocksweep.reason``.
+
+Everything goes through `MlflowClient` with explicit run ids (no global active run), so
+children can be logged from any thread or process. Each epoch is one `log_batch` call.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import re
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+import search
+from search.errors import UsageError, first_line
+from search.tracking import store, urls
+
+# MLflow announces every schema migration of a new SQLite store at INFO; keep the
+# terminal for our own progress display.
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+# Artifact downloads (compare, export) draw a progress bar per file; ours are small files.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# With a tracking server, MLflow prints "View run ... at: URL" to stdout whenever a run ends;
+# stdout carries our summary line or JSON (and a worker's JSON for `run --workers`).
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+PARENT_TAG = "blocksweep.parent_run_id"  # experiment tag: the sweep's one parent run
+STATE_TO_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "running": "RUNNING"}
+MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value's length
+BATCH_LIMIT = 100  # MLflow's limit on params per log_batch (metrics: 1000)
+SEARCH_PAGE = 50_000  # MLflow's SQL store returns at most 50,000 runs per search page
+
+
+# --------------------------------------------------------------------------- where
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI when set, else the embedded store (sqlite:///<abs>/mlruns/mlflow.db)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or store.mlflow_url()
+
+
+def _local_store(uri: str) -> Optional[Path]:
+    """The folder holding a local SQLite database (artifacts go beside it); None for servers."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        db = uri.split("sqlite:///", 1)[-1]
+        return Path(db).resolve().parent if db and db != ":memory:" else None
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path or uri).resolve()
+    return None
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(search.__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment_tags(family: str, backend: str, device: str) -> dict[str, str]:
+    tags = {"blocksweep.model_family": family, "blocksweep.backend": backend,
+            "blocksweep.device": device, "blocksweep.version": search.__version__,
+            # which process ran a run: with many workers on many machines, where to look
+            "blocksweep.worker": f"{socket.gethostname()}:{os.getpid()}"}
+    commit = _git_commit()
+    if commit:
+        tags["blocksweep.git_commit"] = commit
+    return tags
+
+
+def current_uri() -> str:
+    """The store this process logs to: the one a `Tracker` set, else the default."""
+    return mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else default_tracking_uri()
+
+
+def fetch_run_files(run_id: str, paths: Iterable[str], dst: str | Path, uri: Optional[str] = None,
+                    what: str = "run") -> dict[str, Optional[Path]]:
+    """Download artifacts of a run (e.g. `model/model.keras`, `preprocessing.json`) into
+    `dst`: {artifact path: local path, or None when the run has no such artifact}. A run
+    that does not exist is a UsageError naming `what` (the flag or key that gave the id)."""
+    uri = uri or current_uri()
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise UsageError(f"{what} {run_id}: no such MLflow run in {uri}") from None
+    except Exception as err:  # unreachable server, bad database file
+        raise UsageError(f"{what} {run_id}: cannot read the MLflow store {uri} ({err.__class__.__name__})") from None
+    found: dict[str, Optional[Path]] = {}
+    for path in paths:
+        try:
+            found[path] = Path(client.download_artifacts(run_id, path, str(dst)))
+        except (MlflowException, OSError):
+            found[path] = None
+    return found
+
+
+# --------------------------------------------------------------------------- one run
+
+
+class RunLog:
+    """Logging into one existing MLflow run."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), BATCH_LIMIT):
+            self.client.log_batch(self.run_id, params=items[i:i + BATCH_LIMIT])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float], points: Iterable[tuple[int, float]] = ()) -> None:
+        """One epoch's metrics (step = epoch) and the running-loss points (step = batch),
+        in a single call."""
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
+        batch += [Metric("train_loss_window", float(v), now, step) for step, v in points]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_file(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_keras_model(self, model, name: str = "model.keras") -> None:
+        """The model as a `.keras` file under the run's `model/` artifacts."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            model.save(path)
+            self.client.log_artifact(self.run_id, str(path), "model")
+
+    def finish(self, state: str, reason: str = "") -> None:
+        tags = {"blocksweep.state": state}
+        if reason:
+            tags["blocksweep.reason"] = reason[:5000]
+        self.set_tags(tags)
+        self.client.set_terminated(self.run_id, STATE_TO_STATUS[state])
+
+
+def _param_value(value: Any) -> str:
+    text = str(list(value)) if isinstance(value, tuple) else str(value)
+    return text if len(text) <= MAX_PARAM_VALUE else text[: MAX_PARAM_VALUE - 3] + "..."
+
+
+# --------------------------------------------------------------------------- read back
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as `compare` and `export` read it back: plain values, so no MLflow object
+    leaves this module. `metrics` holds each metric's latest value (MLflow's summary)."""
+
+    run_id: str
+    experiment_id: str
+    name: str
+    status: str  # RUNNING, FINISHED, KILLED, FAILED
+    start_time: int  # milliseconds since the epoch
+    tags: dict
+    params: dict
+    metrics: dict
+
+    @property
+    def role(self) -> str:
+        return self.tags.get("blocksweep.role", "")
+
+    @property
+    def parent_id(self) -> str:
+        return self.tags.get("mlflow.parentRunId", "")
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A sweep as found in the store: its experiment and its one parent run."""
+
+    study: str
+    experiment_id: str
+    parent: RunRecord
+
+
+def _record(run) -> RunRecord:
+    return RunRecord(run_id=run.info.run_id, experiment_id=run.info.experiment_id,
+                     name=run.info.run_name or "", status=run.info.status,
+                     start_time=run.info.start_time or 0, tags=dict(run.data.tags),
+                     params=dict(run.data.params), metrics=dict(run.data.metrics))
+
+
+# --------------------------------------------------------------------------- the tracker
+
+
+class Tracker:
+    """An MLflow store: experiments, parent runs, child runs."""
+
+    def __init__(self, uri: Optional[str] = None, create: bool = True):
+        """`create=False` for the commands that only read (compare, export, evaluate): a
+        local database that does not exist is refused instead of created empty, so a
+        command run in the wrong folder leaves no mlruns/ behind."""
+        self.uri = uri or default_tracking_uri()
+        db = urls.sqlite_path(self.uri)
+        if not create and db is not None and not db.exists():
+            raise UsageError(f"no sweeps in {self.uri}: no such MLflow database; run `blocksweep run SPACE.yaml` "
+                             "first, or point --tracking-uri at the store")
+        self.local_store = _local_store(self.uri)
+        if self.local_store is not None:
+            try:
+                self.local_store.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise UsageError(f"--tracking-uri {self.uri}: cannot create {self.local_store} "
+                                 f"({err.strerror})") from None
+        mlflow.set_tracking_uri(self.uri)
+        try:
+            # The client opens (and on first use creates or migrates) a database store;
+            # workers opening a new store together would all migrate it (see urls.py).
+            with urls.exclusive(self.uri, "mlflow schema"):
+                self.client = MlflowClient(tracking_uri=self.uri)
+        except Exception as err:  # unreachable server, missing database, bad file
+            raise self._store_error(err) from None
+
+    # experiments ---------------------------------------------------------------
+
+    def _artifact_location(self, name: str) -> Optional[str]:
+        if self.local_store is None:
+            return None  # a server decides (and proxies) where artifacts go
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        return (self.local_store / "artifacts" / safe).as_uri()
+
+    def experiment(self, name: str, tags: Optional[dict] = None) -> tuple[str, bool]:
+        """(experiment id, created by this call). Creation is atomic: of several processes
+        racing to create the same name, exactly one gets created=True."""
+        try:
+            exp_id = self.client.create_experiment(name, artifact_location=self._artifact_location(name),
+                                                   tags=tags)
+            return exp_id, True
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(err).lower() \
+                    and "unique constraint" not in str(err).lower():
+                raise self._store_error(err) from None
+        except Exception as err:  # unreachable server, bad database file
+            raise self._store_error(err) from None
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:  # lost a race with a deletion; rare enough to report plainly
+            raise UsageError(f"MLflow experiment {name!r} vanished while being opened; try again")
+        if exp.lifecycle_stage == "deleted":
+            raise UsageError(f"MLflow experiment {name!r} is deleted; restore it "
+                             f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or pick another name")
+        return exp.experiment_id, False
+
+    def _store_error(self, err: Exception) -> UsageError:
+        return UsageError(f"--tracking-uri {urls.redact(self.uri)}: cannot use the MLflow store ({first_line(err)})")
+
+    # single runs ----------------------------------------------------------------
+
+    def start_run(self, experiment_id: str, name: str, tags: dict[str, Any],
+                  parent_run_id: Optional[str] = None) -> RunLog:
+        tags = dict(tags)
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()})
+        return RunLog(self.client, run.info.run_id)
+
+    def run(self, run_id: str) -> RunLog:
+        return RunLog(self.client, run_id)
+
+    # sweeps ---------------------------------------------------------------------
+
+    def sweep_parent(self, study: str, tags: dict[str, Any], space_text: str,
+                     wait_seconds: float = 30.0) -> tuple[str, str, bool]:
+        """(experiment id, parent run id, created now) for a study's sweep: created once
+        by the process that creates the experiment, found by every other process and by
+        every resumed run. The parent is set RUNNING again on resume."""
+        exp_id, created = self.experiment(study, tags={"blocksweep.study": study})
+        if created:
+            parent = self._create_parent(exp_id, study, tags, space_text)
+            return exp_id, parent, True
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            exp = self.client.get_experiment(exp_id)
+            parent = exp.tags.get(PARENT_TAG)
+            if parent:
+                self.client.update_run(parent, status="RUNNING")
+                self.run(parent).set_tags({"blocksweep.resumed": "true"})
+                return exp_id, parent, False
+            # The creator is between creating the experiment and tagging it, or the
+            # experiment predates any sweep (or its creator died): adopt or create.
+            found = self.client.search_runs([exp_id], "tags.`blocksweep.role` = 'parent'",
+                                            order_by=["attributes.start_time ASC"], max_results=1)
+            if found:
+                parent = found[0].info.run_id
+                self.client.set_experiment_tag(exp_id, PARENT_TAG, parent)
+                continue
+            if time.monotonic() > deadline:
+                parent = self._create_parent(exp_id, study, tags, space_text)
+                return exp_id, parent, True
+            time.sleep(0.5)
+
+    def existing_parent_tags(self, study: str) -> dict:
+        """The tags of a study's parent run when the sweep exists already, else {}.
+        The first call of a sweep into the store: an unreachable store is one line."""
+        try:
+            exp = self.client.get_experiment_by_name(study)
+            parent = exp.tags.get(PARENT_TAG) if exp is not None else None
+            return dict(self.client.get_run(parent).data.tags) if parent else {}
+        except Exception as err:  # unreachable server, bad database file
+            raise self._store_error(err) from None
+
+    def _create_parent(self, exp_id: str, study: str, tags: dict[str, Any], space_text: str) -> str:
+        run = self.start_run(exp_id, f"sweep-{study}", {**tags, "blocksweep.role": "parent",
+                                                        "blocksweep.study": study})
+        run.log_text(space_text, "space.yaml")
+        self.client.set_experiment_tag(exp_id, PARENT_TAG, run.run_id)
+        return run.run_id
+
+    def start_trial(self, exp_id: str, parent_run_id: str, study: str, number: int,
+                    tags: dict[str, Any]) -> RunLog:
+        return self.start_run(exp_id, f"trial-{number}", {
+            **tags, "blocksweep.role": "trial", "blocksweep.study": study,
+            "blocksweep.trial": number}, parent_run_id=parent_run_id)
+
+    def children(self, exp_id: str, parent_run_id: str, extra_filter: str = "") -> list:
+        """All child runs of a parent (every page)."""
+        query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'" + (f" and {extra_filter}" if extra_filter else "")
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([exp_id], query, run_view_type=ViewType.ACTIVE_ONLY,
+                                           max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def mark_interrupted(self, exp_id: str, parent_run_id: str, trial_key: str, reason: str) -> int:
+        """Mirror a trial whose worker died: its child run (still RUNNING, or FINISHED by a
+        worker killed after logging) becomes FAILED with the reason. Returns runs changed."""
+        changed = 0
+        for run in self.children(exp_id, parent_run_id, f"tags.`blocksweep.trial_key` = '{trial_key}'"):
+            if run.data.tags.get("blocksweep.state") == "failed":
+                continue
+            self.run(run.info.run_id).finish("failed", reason)
+            changed += 1
+        return changed
+
+    def drop_worse_models(self, exp_id: str, parent_run_id: str, best_run_id: str, objective: float,
+                          goal: str) -> int:
+        """With --keep-models best, a new best trial's model replaces the earlier ones: the
+        `model/` artifacts of kept trials with a worse objective are deleted and their tag
+        says why. Several workers may do this at once; each only deletes what is worse
+        than its own trial, so the best model always survives. Returns models dropped."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        dropped = 0
+        for run in self.children(exp_id, parent_run_id, "tags.`blocksweep.model` = 'kept'"):
+            value = run.data.metrics.get("objective")
+            if run.info.run_id == best_run_id or value is None:
+                continue
+            if not (value < objective if goal == "maximize" else value > objective):
+                continue
+            try:
+                get_artifact_repository(run.info.artifact_uri).delete_artifacts("model")
+                note = f"dropped: run {best_run_id} is better (--keep-models best)"
+            except Exception as err:  # a store that cannot delete: say so, keep going
+                note = f"not dropped ({err.__class__.__name__}); run {best_run_id} is better"
+            self.run(run.info.run_id).set_tags({"blocksweep.model": note})
+            dropped += 1
+        return dropped
+
+    def finish_parent(self, parent_run_id: str) -> None:
+        self.client.set_terminated(parent_run_id, "FINISHED")
+
+    # reading back (compare, export) -----------------------------------------------
+    # One paged `search_runs` per experiment with no filter: a sweep's experiment holds
+    # only its parent and children, and a tag filter costs a join per page
+    # (bench/compare_runs.py measures both). Metric histories cost a query per run, so
+    # callers fetch only the few they plot.
+
+    def studies(self, names: Optional[list[str]] = None, experiment: Optional[str] = None) -> list[StudyRecord]:
+        """The sweeps to read: the studies named (each one an experiment of that name with a
+        parent run), every sweep in `experiment`, or with neither every sweep in the store.
+        An unknown name raises UsageError naming the studies there are."""
+        try:
+            experiments = self.client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=SEARCH_PAGE)
+        except Exception as err:  # unreachable server, not an MLflow database
+            raise self._store_error(err) from None
+        sweeps = {e.name: e for e in experiments if e.tags.get(PARENT_TAG)}
+        found: list[StudyRecord] = []
+        if experiment is not None:
+            exp = next((e for e in experiments if e.name == experiment), None)
+            if exp is None:
+                raise UsageError(f"--experiment {experiment}: no such MLflow experiment in {self.uri}")
+            parents = self._parents(exp.experiment_id)
+            if not parents:
+                raise UsageError(f"--experiment {experiment}: holds no sweep (no parent run)")
+            found += [StudyRecord(p.tags.get("blocksweep.study", experiment), exp.experiment_id, p) for p in parents]
+        for name in names if names else ([] if experiment is not None else sorted(sweeps)):
+            exp = sweeps.get(name)
+            parents = self._parents(exp.experiment_id) if exp is not None else []
+            if not parents:
+                known = ", ".join(sorted(sweeps)) or "none"
+                raise UsageError(f"--study {name}: no such study in {self.uri} (studies here: {known})")
+            parent = next((p for p in parents if p.run_id == exp.tags[PARENT_TAG]), parents[0])
+            found.append(StudyRecord(name, exp.experiment_id, parent))
+        if not found:
+            raise UsageError(f"no sweeps in {self.uri}: run `blocksweep run SPACE.yaml` first")
+        return found
+
+    def _parents(self, exp_id: str) -> list[RunRecord]:
+        runs = self.client.search_runs([exp_id], "tags.`blocksweep.role` = 'parent'",
+                                       run_view_type=ViewType.ACTIVE_ONLY, max_results=100,
+                                       order_by=["attributes.start_time ASC"])
+        return [_record(r) for r in runs]
+
+    def experiment_runs(self, exp_id: str) -> list[RunRecord]:
+        """Every active run of an experiment, all pages.
+
+        The SQL store builds an ORM object per tag, parameter and metric of every run
+        (~80 per trial, 400k for 5,000 trials); Python's cyclic garbage collector rescans
+        that growing heap again and again, so it is paused for the read: 5,000 runs took
+        25.7 s with it and 9.3 s without (bench/compare_runs.py, 2-core CPU)."""
+        runs, token = [], None
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            while True:
+                page = self.client.search_runs([exp_id], "", run_view_type=ViewType.ACTIVE_ONLY,
+                                               max_results=SEARCH_PAGE, page_token=token)
+                runs.extend(_record(r) for r in page)
+                token = page.token
+                if not token:
+                    return runs
+        finally:
+            if collecting:
+                gc.enable()
+
+    def get_run(self, run_id: str) -> RunRecord:
+        try:
+            return _record(self.client.get_run(run_id))
+        except MlflowException:
+            raise UsageError(f"--run {run_id}: no such run in {self.uri}") from None
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of one metric of one run, by step."""
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+
+    def artifact_paths(self, run_id: str, path: Optional[str] = None) -> list[str]:
+        return [a.path for a in self.client.list_artifacts(run_id, path)]
+
+    def download(self, run_id: str, path: str, dst: str | Path) -> Path:
+        """One artifact (file or folder) of a run, downloaded into `dst`; UsageError if absent."""
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(self.client.download_artifacts(run_id, path, str(dst)))
+        except (MlflowException, OSError) as err:
+            raise UsageError(f"run {run_id}: cannot read its artifact {path} ({first_line(err, 200)})") from None
+
+    def artifact_text(self, run_id: str, path: str) -> str:
+        with tempfile.TemporaryDirectory() as tmp:
+            return self.download(run_id, path, tmp).read_text()
+
+    # the model registry ------------------------------------------------------------
+
+    def register_keras_model(self, run_id: str, model, name: str, example, alias: str = "champion") -> dict:
+        """Log `model` as an MLflow Keras model of run `run_id` (with a signature inferred
+        from `example` and the model's output on it), register it as a new version of
+        `name` and point `alias` at that version. Works on the embedded SQLite store."""
+        import keras
+        import mlflow.keras
+        from mlflow.models import Model, infer_signature
+
+        signature = infer_signature(example, model.predict(example, verbose=0))
+        backend = keras.backend.backend()
+        # Given explicitly: inferring requirements loads the model in a subprocess (seconds).
+        requirements = [f"keras=={keras.__version__}", f"{backend}=={_version(backend)}"]
+        try:
+            info = Model.log(artifact_path=None, name="registered_model", flavor=mlflow.keras, model=model,
+                             run_id=run_id, signature=signature, registered_model_name=name,
+                             pip_requirements=requirements, await_registration_for=60)
+            version = str(info.registered_model_version)
+            self.client.set_registered_model_alias(name, alias, version)
+        except MlflowException as err:
+            raise UsageError(f"--register {name}: the model registry refused it ({first_line(err)})") from None
+        return {"name": name, "version": version, "alias": alias, "model_uri": f"models:/{name}@{alias}"}
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,192 @@
+"""The recipe through Keras `fit`, on any backend (`train.airbench.path: keras`, and the
+recipe's path on TensorFlow and torch): the same optimiser, schedule, augmentation,
+lookahead and TTA as the fused JAX trainer, one `fit` epoch at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import keras
+import numpy as np
+from keras import ops
+
+from search.training.airbench.recipe import (augment, epoch_flips, eval_metrics, eval_sums, flip_pattern, int_labels,
+                                             logits_model, lookahead_update, pad_reflect, shape_of,
+                                             smoothed_cross_entropy, sgd_update, tta_logits, variable_groups)
+from search.training.components import build_model
+from search.training.schedules import keras_schedule
+
+
+class RecipeSGD(keras.optimizers.Optimizer):
+    """PyTorch's (Nesterov) SGD with coupled weight decay and per-variable lr scales, as a
+    Keras optimizer (`sgd_update` with lr * scale). `groups` maps each trainable variable's
+    path to its (lr scale, decay, last step or None), as `variable_groups` gives them."""
+
+    def __init__(self, learning_rate, momentum: float, nesterov: bool, groups: dict, **kwargs):
+        super().__init__(learning_rate=learning_rate, name="recipe_sgd", **kwargs)
+        self.momentum = momentum
+        self.nesterov = nesterov
+        self.groups = groups
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        # update_step receives a Keras variable (JAX) or the backend's own variable behind
+        # it (`v.value` on TensorFlow): find the variable's group and velocity by either.
+        self.slots = {}
+        for v in variables:
+            slot = (self.groups[v.path], self.add_variable_from_reference(v, name="velocity"))
+            self.slots[id(v)] = self.slots[id(v.value)] = slot
+
+    def update_step(self, gradient, variable, learning_rate):
+        (scale, decay, last), velocity = self.slots[id(variable)]
+        lr = ops.cast(learning_rate, variable.dtype) * scale
+        if last is not None:
+            lr = ops.where(self.iterations < last, lr, ops.zeros_like(lr))
+        new_w, new_v = sgd_update(ops.convert_to_tensor(variable), ops.cast(gradient, variable.dtype),
+                                  ops.convert_to_tensor(velocity), lr, self.momentum, self.nesterov, decay)
+        self.assign(velocity, new_v)
+        self.assign(variable, new_w)
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Lookahead(keras.callbacks.Callback):
+    """airbench's lookahead as a callback: every `every` steps, for every float variable,
+    ema = d * ema + (1 - d) * w and w <- ema; `finish()` sets w <- ema at the end."""
+
+    def __init__(self, recipe, total_steps: int):
+        super().__init__()
+        self.recipe, self.total = recipe, total_steps
+        self.step = 0
+        self.ema: Optional[list[np.ndarray]] = None
+
+    def _variables(self):
+        return [v for v in self.model.weights if "float" in str(v.dtype)]
+
+    def on_train_begin(self, logs=None):
+        if self.ema is None:
+            self.ema = [np.array(ops.convert_to_numpy(v)) for v in self._variables()]
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step % self.recipe.lookahead_every:
+            return
+        for i, variable in enumerate(self._variables()):
+            self.ema[i], w = lookahead_update(np, self.ema[i], ops.convert_to_numpy(variable), self.step,
+                                              self.total, self.recipe)
+            variable.assign(w)
+
+    def finish(self):
+        for variable, ema in zip(self._variables(), self.ema):
+            variable.assign(ema)
+
+
+class _StepLosses(keras.callbacks.Callback):
+    """Each step's loss, recovered from Keras's running mean (kept as tensors: read once
+    at the end of the epoch)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.means = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.means.append(logs["loss"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.accuracy = logs.get("accuracy", 0.0)
+
+    def losses(self) -> np.ndarray:
+        means = np.array([float(m) for m in self.means])
+        totals = means * np.arange(1, len(means) + 1)
+        return np.diff(np.concatenate([[0.0], totals]))
+
+
+class KerasTrainer:
+    """The recipe through Keras `fit` on any backend: the epoch's augmented images are
+    made on the host (same functions and rules as the fused path), then one `fit` epoch
+    with `RecipeSGD`, the schedule, label smoothing and the `Lookahead` callback; TTA
+    evaluation runs the logits model eagerly."""
+
+    asynchronous = False
+
+    def __init__(self, config, splits):
+        started = time.perf_counter()
+        self.config, self.splits = config, splits
+        recipe = config.train.airbench
+        self.recipe = recipe
+        self.net = build_model(config, splits)
+        self.model = logits_model(self.net)
+        self.num_classes = splits.num_classes
+        self.batch_size, self.steps_per_epoch = shape_of(config, splits)
+        total = self.steps_per_epoch * config.train.epochs
+        self.schedule = keras_schedule(recipe.schedule, recipe.learning_rate, self.steps_per_epoch, total)
+        groups = variable_groups(self.model, recipe, self.steps_per_epoch)
+        by_path = {v.path: group for v, group in zip(self.model.trainable_variables, groups)}
+        optimizer = RecipeSGD(self.schedule, recipe.momentum, recipe.nesterov, by_path)
+        smoothing, k = recipe.label_smoothing, self.num_classes
+
+        def loss(y_true, logits):
+            return smoothed_cross_entropy(logits, y_true, smoothing, k)
+
+        self.model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+        self.callbacks = [Lookahead(recipe, total)] if recipe.lookahead else []
+        self.step_losses = _StepLosses()
+        aug = config.data.augment
+        self.translate, self.flip = aug.translate, aug.flip
+        self.padded = pad_reflect(np, splits.x_train, self.translate)
+        self.labels = int_labels(splits.y_train)
+        self.pattern = flip_pattern(len(self.labels), config.train.seed)
+        self.rng = np.random.default_rng(config.train.seed + 1)
+        self.setup_seconds = time.perf_counter() - started
+        self.compile_seconds = 0.0  # Keras compiles inside the first fit
+
+    def epoch_data(self, epoch: int):
+        n, m = len(self.labels), self.batch_size * self.steps_per_epoch
+        index = self.rng.permutation(n)[:m]
+        offsets = self.rng.integers(0, 2 * self.translate + 1, size=(m, 2))
+        if not self.flip:
+            flips = np.zeros(m, dtype=bool)
+        elif self.recipe.flip == "alternating":
+            flips = epoch_flips(self.pattern[index], epoch)
+        else:
+            flips = self.rng.random(m) < 0.5
+        return augment(np, self.padded, index, offsets, flips, self.splits.x_train.shape[1]), self.labels[index]
+
+    def train_epoch(self, epoch: int):
+        x, y = self.epoch_data(epoch)
+        self.model.fit(x, y, batch_size=self.batch_size, epochs=1, shuffle=False, verbose=0,
+                       callbacks=[*self.callbacks, self.step_losses])
+        return self.step_losses.losses(), float(self.step_losses.accuracy) * len(y)
+
+    def read_train(self, handle):
+        return handle
+
+    def finish_lookahead(self):
+        if self.callbacks:
+            self.callbacks[0].finish()
+
+    def evaluate(self, split: str):
+        x = getattr(self.splits, f"x_{split}")
+        y = int_labels(getattr(self.splits, f"y_{split}"))
+        size = min(self.recipe.eval_batch_size, len(x))
+        sums = np.zeros(3)
+        for start in range(0, len(x), size):
+            xb, yb = x[start:start + size], y[start:start + size]
+            plain, tta = tta_logits(lambda v: self.model(v, training=False), ops.convert_to_tensor(xb),
+                                    self.recipe.tta_level)
+            sums += ops.convert_to_numpy(eval_sums(plain, tta, yb, np.ones(len(yb)), self.recipe.label_smoothing,
+                                                   self.num_classes))
+        return sums, len(x)
+
+    def read_eval(self, handle) -> dict:
+        return eval_metrics(*handle)
+
+    def learning_rate(self, step: int) -> float:
+        return float(ops.convert_to_numpy(self.schedule(step)))
+
+    def export(self):
+        return self.net
