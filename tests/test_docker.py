@@ -1,8 +1,10 @@
-"""docker/: checked statically (no Docker engine runs here). The compose file follows the
-rules of the Compose Specification that we rely on; every path it and the Dockerfiles
-name exists; every `blocksweep` command in them parses with the real command-line parser
-(a renamed flag breaks this test); only the MLflow UI is published, on 127.0.0.1; no
-credential is written in any of these files."""
+"""docker/: checked statically (tests/test_docker_live.py builds and runs it). The compose
+files follow the rules of the Compose Specification that we rely on, in the subset that
+Compose 1.x reads too; every path they and the Dockerfiles name exists; every `blocksweep`
+command in them parses with the real command-line parser (a renamed flag breaks this
+test); every container is on the host's network and the servers listen on 127.0.0.1 only;
+compose.local.yaml changes only where the images come from; no credential is written in
+any of these files."""
 
 from __future__ import annotations
 
@@ -22,7 +24,10 @@ from tests.conftest import REPO
 
 DOCKER = REPO / "docker"
 COMPOSE = DOCKER / "compose.yaml"
+LOCAL = DOCKER / "compose.local.yaml"
 DOCKERFILES = {"docker/Dockerfile": DOCKER / "Dockerfile", "docker/Dockerfile.gpu": DOCKER / "Dockerfile.gpu"}
+POSTGRES_DOCKERFILE = DOCKER / "Dockerfile.postgres"
+LOCAL_BASE = "blocksweep-base:bookworm"  # docker/local-base.sh's default tag
 IMAGE_ROOT = "/opt/blocksweep"  # where the Dockerfiles put the repository's files
 USER_DATA = {"/data"}  # bind mounts of the user's own data (CIFAR_DIR), absent from the repository
 
@@ -112,18 +117,26 @@ def services(compose):
     return compose["services"].items()
 
 
-def test_the_compose_file_uses_only_keys_of_the_compose_specification(raw):
-    assert {k for k in raw if not k.startswith("x-")} <= TOP_LEVEL_KEYS
-    assert NAME.match(raw["name"])
+@pytest.fixture(scope="module")
+def local():
+    return yaml.safe_load(LOCAL.read_text())
+
+
+def test_the_compose_files_use_only_keys_of_the_compose_specification(raw, local):
+    for text in (raw, local):
+        # `name:` is the one key Compose 1.x (Debian's docker-compose) refuses: COMPOSE_PROJECT_NAME instead.
+        assert {k for k in text if not k.startswith("x-")} <= TOP_LEVEL_KEYS - {"name"}
+        for name, service in text["services"].items():
+            assert NAME.match(name), name
+            unknown = {k for k in service if not k.startswith("x-")} - SERVICE_KEYS
+            assert not unknown, f"services.{name}: not compose keys: {unknown}"
     for name, service in raw["services"].items():
-        assert NAME.match(name), name
-        unknown = {k for k in service if not k.startswith("x-")} - SERVICE_KEYS
-        assert not unknown, f"services.{name}: not compose keys: {unknown}"
         assert "image" in service or "build" in service, f"services.{name}: neither image nor build"
+    assert NAME.match(env_example()["COMPOSE_PROJECT_NAME"])
 
 
 def test_every_variable_has_a_value_in_env_example():
-    assert variables(COMPOSE.read_text()) - {"$"} <= set(env_example())
+    assert variables(COMPOSE.read_text() + LOCAL.read_text()) - {"$"} <= set(env_example())
 
 
 def test_services_depend_on_declared_services_with_valid_conditions(compose):
@@ -165,12 +178,27 @@ def test_builds_name_an_existing_context_and_dockerfile(compose):
     assert built == {path.resolve() for path in DOCKERFILES.values()}
 
 
-def test_only_the_mlflow_ui_is_published_and_only_on_loopback(compose):
-    published = {name: service["ports"] for name, service in services(compose) if service.get("ports")}
-    assert list(published) == ["mlflow"]
-    for port in published["mlflow"]:
-        host_ip, host_port, container_port = str(port).split(":")
-        assert host_ip == "127.0.0.1" and container_port == "5000" and host_port.isdigit()
+def test_every_container_is_on_the_host_network_and_the_servers_listen_on_loopback_only(compose):
+    for name, service in services(compose):
+        assert service.get("network_mode") == "host", f"services.{name}"
+        assert "ports" not in service and "networks" not in service, f"services.{name}"
+    assert compose["services"]["postgres"]["command"] == ["postgres", "-c", "listen_addresses=127.0.0.1"]
+    ui = build_parser().parse_args([str(a) for a in compose["services"]["mlflow"]["command"]])
+    assert ui.host == "127.0.0.1"  # the default of `blocksweep ui`
+
+
+def test_compose_local_changes_only_where_the_images_come_from(raw, local):
+    assert set(local["services"]) <= set(raw["services"])
+    for name, service in local["services"].items():
+        assert set(service) <= {"build", "image"}, f"compose.local.yaml services.{name}"
+        build = service["build"]
+        assert build["args"] == {"BASE_IMAGE": LOCAL_BASE} and build["network"] == "host"
+        if "build" in raw["services"][name]:
+            assert set(build) == {"args", "network"}  # the same Dockerfile and context
+    postgres = local["services"]["postgres"]
+    assert ((DOCKER / postgres["build"]["context"]).resolve() / postgres["build"]["dockerfile"]) == POSTGRES_DOCKERFILE
+    assert postgres["image"] != raw["services"]["postgres"]["image"]  # never mistaken for the official image
+    assert f"tag=${{1:-{LOCAL_BASE}}}" in (DOCKER / "local-base.sh").read_text()
 
 
 def test_gpus_are_reserved_only_under_the_gpu_profile(compose):
@@ -195,7 +223,8 @@ def test_dockerfiles_copy_existing_files_and_install_real_extras(name):
     extras.read(REPO / "setup.cfg")
     known = set(extras["options.extras_require"])
     instructions = dockerfile_instructions(DOCKERFILES[name])
-    assert instructions[0][0] == "FROM"
+    # The base is a build argument whose default is the public image (local-base.sh makes another).
+    assert instructions[:2] == [("ARG", "BASE_IMAGE=python:3.11-slim"), ("FROM", "${BASE_IMAGE}")]
     for op, args in instructions:
         if op == "COPY":
             *sources, _ = args.split()
@@ -240,10 +269,11 @@ def test_the_workers_and_the_server_share_one_postgresql_and_one_study(compose):
     parsed = {name: build_parser().parse_args([str(a) for a in service["command"]])
               for name, service in services(compose) if "build" in service}
     workers = [args for args in parsed.values() if args.command == "run"]
-    assert {a.storage for a in workers} == {"postgresql://blocksweep@postgres:5432/optuna"}
-    assert {a.tracking_uri for a in workers} == {"http://mlflow:5000"}
+    assert {a.storage for a in workers} == {"postgresql://blocksweep@127.0.0.1:5432/optuna"}
+    assert {a.tracking_uri for a in workers} == {f"http://127.0.0.1:{parsed['mlflow'].port}"}
     assert len({a.study for a in workers}) == 1 and all(a.study_trials for a in workers)
-    assert parsed["mlflow"].backend_store_uri.startswith("postgresql://")
+    assert parsed["mlflow"].backend_store_uri == "postgresql://blocksweep@127.0.0.1:5432/mlflow"
+    assert compose["services"]["postgres"]["environment"]["PGPORT"] == "5432"  # the port the URLs name
 
 
 def urls(text: str) -> list[str]:
@@ -251,7 +281,8 @@ def urls(text: str) -> list[str]:
 
 
 def test_no_credential_is_written_in_the_docker_files(raw, compose):
-    texts = [json.dumps(compose)] + [p.read_text() for p in (*DOCKERFILES.values(), DOCKER / "README.md")]
+    texts = [json.dumps(compose)] + [p.read_text() for p in (*DOCKERFILES.values(), DOCKER / "README.md", LOCAL,
+                                                            POSTGRES_DOCKERFILE, DOCKER / "postgres-entrypoint.sh")]
     found = [url for text in texts for url in urls(text)]
     assert any(url.startswith("postgresql://") for url in found)
     for url in found:
