@@ -49,6 +49,7 @@ def train(space: str, *, overrides: list[str] | None = None, data_dir: Optional[
         config = resolve(spec, values)
     except ValueError as err:
         raise UsageError(f"{spec.path}: the parameters' defaults do not fit together: {err}") from None
+    _check_drivers(None, tracking_uri)
     chosen = backend.select(backend_name)
     _check_model(config, tracking_uri)
     splits = _load_data(data_dir, config.data)
@@ -101,6 +102,7 @@ def sweep(space: str, *, engine: Optional[str] = None, trials: Optional[int] = N
         seed=d.seed if seed is None else seed, max_failures=max_failures or d.max_failures,
         keep_models=keep_models or d.keep_models, heartbeat=heartbeat, quiet=quiet)
     _check_counts(options)
+    _check_drivers(options.storage, tracking_uri)
     if not spec.space.params:
         raise UsageError(f"{spec.path}: params: the space has no parameters to search (use `blocksweep train`)")
     chosen = backend.select(backend_name)
@@ -163,6 +165,14 @@ def _check_counts(options) -> None:
         raise UsageError(f"--max-failures {options.max_failures}: must be at least 1")
     if options.heartbeat <= 0:
         raise UsageError(f"--heartbeat {options.heartbeat:g}: must be positive seconds")
+
+
+def _check_drivers(storage: Optional[str], tracking_uri: Optional[str]) -> None:
+    """A database URL without its driver (the [postgres] extra) is refused before any store is opened."""
+    from search.tracking.urls import check_driver
+
+    check_driver(storage, "--storage")
+    check_driver(tracking_uri, "--tracking-uri")
 
 
 def _storage_kind(options) -> str:

@@ -134,7 +134,7 @@ def _base_sampler(name: str, seed: int, space: Space) -> optuna.samplers.BaseSam
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
         if importlib.util.find_spec("cmaes") is None:
-            raise UsageError("--sampler cmaes needs the 'cmaes' package: pip install cmaes")
+            raise UsageError("--sampler cmaes needs the 'cmaes' package: pip install 'blocksweep[cmaes]'")
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if name == "gp":
         if importlib.util.find_spec("torch") is None:

@@ -38,6 +38,7 @@ def check_open(url: str) -> list[str]:
     An SQLite file that does not exist is refused too (opening it would create it)."""
     import optuna
 
+    urls.check_driver(url, "--storage")
     path = urls.sqlite_path(url)
     if path is not None and not path.exists():
         raise UsageError(f"--storage {urls.redact(url)}: no such study database")

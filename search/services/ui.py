@@ -97,6 +97,7 @@ def _check_port_free(host: str, port: int, flag: str) -> None:
 
 
 def _check_database(uri: str, flag: str) -> None:
+    urls.check_driver(uri, flag)
     scheme = urls.kind(uri)
     if scheme in ("http", "https", "databricks"):
         raise UsageError(f"{flag} {urls.redact(uri)}: that is a server already; open it in a browser "

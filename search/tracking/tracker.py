@@ -233,6 +233,7 @@ class Tracker:
         local database that does not exist is refused instead of created empty, so a
         command run in the wrong folder leaves no mlruns/ behind."""
         self.uri = uri or default_tracking_uri()
+        urls.check_driver(self.uri, "--tracking-uri")
         db = urls.sqlite_path(self.uri)
         if not create and db is not None and not db.exists():
             raise UsageError(f"no sweeps in {self.uri}: no such MLflow database; run `blocksweep run SPACE.yaml` "
