@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from search import __version__
+from search.version import __version__
 from search.errors import TrialFailed, UsageError
 
 ENGINES = ("optuna", "kerastuner")
@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for confusion_matrix.png and evaluation.json (default: evaluation/<name>)")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="Keras backend (default: as for train)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of space files (for editors that check YAML)")
+    p.add_argument("--out", metavar="FILE", help="write it to FILE instead")
+    p.set_defaults(func=cmd_schema)
     return parser
 
 
@@ -304,6 +308,23 @@ def cmd_evaluate(args) -> int:
     per_class = "".join(f"\n  {name:<{width}}  {accuracy:.4f}" for name, accuracy in s["per_class"].items())
     _print(args, s, f"{args.model}: test accuracy {s['accuracy']:.4f} on {s['images']} images; "
                     f"confusion matrix {s['png']}{logged}{per_class}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from pathlib import Path
+
+    from search.config.spec import space_schema
+
+    text = json.dumps(space_schema(), indent=2) + "\n"
+    if args.out is None:
+        print(text, end="")
+        return 0
+    try:
+        Path(args.out).write_text(text)
+    except OSError as err:
+        raise UsageError(f"--out {args.out}: cannot write it ({err.strerror})") from None
+    print(f"wrote the space-file schema to {args.out}")
     return 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from typing import Optional
+from typing import Mapping, Optional
 
 from search import backend
 from search.config import load_spec, parse_overrides
@@ -35,12 +35,37 @@ def _environment(spec, backend_name: str) -> dict:
     return environment_tags(spec.file.model.family, backend_name, device_kind())
 
 
-def train(space: str, *, overrides: list[str] | None = None, data_dir: Optional[str] = None,
+def _spec(space, overrides):
+    """The space (a file, a mapping or a loaded Spec) with `--set` overrides, given as the
+    command line's KEY=VALUE strings or as a {path: value} mapping."""
+    return load_spec(space, dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides))
+
+
+def train(space, *, overrides=None, data_dir: Optional[str] = None,
           backend_name: Optional[str] = None, tracking_uri: Optional[str] = None,
           experiment: Optional[str] = None, quiet: bool = False) -> dict:
     """`blocksweep train`: one configuration (fixed values, each parameter's default),
-    logged as one MLflow run. Returns the summary; raises TrialFailed if training broke."""
-    spec = load_spec(space, parse_overrides(overrides))
+    logged as one MLflow run.
+
+    Args:
+        space: a space file's path, the same content as a dict, or a loaded `Spec`.
+        overrides: fixed values, ``{"train.epochs": 1}`` or ``["train.epochs=1"]`` (``--set``).
+        data_dir: the folder holding ``cifar-10-batches-py/`` (default: $BLOCKSWEEP_DATA_DIR,
+            then Keras's cache or download).
+        backend_name: ``tensorflow``, ``jax``, ``torch`` or ``auto`` (default: $KERAS_BACKEND, else auto).
+        tracking_uri: the MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db).
+        experiment: the MLflow experiment (default: ``<space name>-train``).
+        quiet: no progress bar.
+
+    Returns:
+        The summary the command prints: run_id, experiment_id, backend, metric, objective,
+        best_epoch, test_accuracy, train_seconds, images_per_second, ...
+
+    Raises:
+        UsageError: bad input (the command's one line); nothing ran.
+        TrialFailed: the training broke (the run is recorded failed with the reason).
+    """
+    spec = _spec(space, overrides)
     from search.config import resolve
     from search.config.space import DefaultSuggester
 
@@ -76,17 +101,40 @@ def train(space: str, *, overrides: list[str] | None = None, data_dir: Optional[
     return summary
 
 
-def sweep(space: str, *, engine: Optional[str] = None, trials: Optional[int] = None,
+def sweep(space, *, engine: Optional[str] = None, trials: Optional[int] = None,
           study_trials: Optional[int] = None, timeout: Optional[float] = None, study: Optional[str] = None,
           storage: Optional[str] = None, sampler: Optional[str] = None, pruner: Optional[str] = None,
           tuner: Optional[str] = None, seed: Optional[int] = None, max_failures: Optional[int] = None,
-          keep_models: Optional[str] = None, heartbeat: float = 10.0, overrides: list[str] | None = None,
+          keep_models: Optional[str] = None, heartbeat: float = 10.0, overrides=None,
           data_dir: Optional[str] = None, backend_name: Optional[str] = None,
           tracking_uri: Optional[str] = None, quiet: bool = False):
-    """`blocksweep run`: a tuning sweep; returns its SweepSummary."""
+    """`blocksweep run`: a tuning sweep, one MLflow parent run with a child run per trial.
+    Rerunning with the same study adds trials to it (same parent, no duplicates).
+
+    Args:
+        space: a space file's path, the same content as a dict, or a loaded `Spec`.
+        engine: ``optuna`` or ``kerastuner`` (default: the space's ``search.engine``).
+        trials: trials this call runs (default: the space's ``search.trials``).
+        study_trials: instead, run until the whole study has this many finished trials.
+        timeout: seconds after which no new trial starts.
+        study: the study (and MLflow experiment) name (default: the space's name).
+        storage: Optuna's storage URL (default: sqlite:///mlruns/optuna.db).
+        sampler, pruner: Optuna's (``tpe|random|cmaes|gp|grid``, ``median|hyperband|halving|none``).
+        tuner: Keras Tuner's algorithm (``random|bayesian|hyperband``).
+        seed, max_failures, keep_models, heartbeat: as the ``run`` flags of the same names.
+        overrides, data_dir, backend_name, tracking_uri, quiet: as for `train`.
+
+    Returns:
+        A `SweepSummary`: study, engine, parent_run_id, ran (this call's counts),
+        study_counts, best_trial, best_value, best_run_id, metric; ``.line()`` is what
+        the command prints.
+
+    Raises:
+        UsageError: bad input; nothing was recorded.
+    """
     from search.trials.sweep import Sweep, SweepOptions
 
-    spec = load_spec(space, parse_overrides(overrides))
+    spec = _spec(space, overrides)
     d = spec.file.search
     engine = engine or d.engine
     _check_flags(engine, study=study, trials=trials, study_trials=study_trials, tuner=tuner, sampler=sampler,

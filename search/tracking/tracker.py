@@ -37,9 +37,9 @@ from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-import search
 from search.errors import UsageError, first_line
 from search.tracking import store, urls
+from search.version import __version__
 
 # MLflow announces every schema migration of a new SQLite store at INFO; keep the
 # terminal for our own progress display.
@@ -79,7 +79,7 @@ def _local_store(uri: str) -> Optional[Path]:
 
 def _git_commit() -> Optional[str]:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(search.__file__).parent,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
                              capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
@@ -88,7 +88,7 @@ def _git_commit() -> Optional[str]:
 
 def environment_tags(family: str, backend: str, device: str) -> dict[str, str]:
     tags = {"blocksweep.model_family": family, "blocksweep.backend": backend,
-            "blocksweep.device": device, "blocksweep.version": search.__version__,
+            "blocksweep.device": device, "blocksweep.version": __version__,
             # which process ran a run: with many workers on many machines, where to look
             "blocksweep.worker": f"{socket.gethostname()}:{os.getpid()}"}
     commit = _git_commit()
