@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="compare", help="folder for the figures and the ranking file (default: compare)")
     p.add_argument("--storage", help="Optuna storage URL, for importances (default: sqlite:///mlruns/optuna.db)")
     p.add_argument("--no-figures", action="store_true", help="rank only: draw and log no figures")
+    p.add_argument("--no-log", action="store_true", help="write nothing into MLflow: the figures stay in --out")
     p.add_argument("--repeat", type=int, metavar="K", help="retrain the top configurations with K seeds each")
     p.add_argument("--repeat-top", type=_positive_int, default=None, metavar="N",
                    help="how many configurations --repeat retrains (default 3)")
@@ -258,7 +259,8 @@ def cmd_compare(args) -> int:
     report = compare(args.study, experiment=args.experiment, top=args.top, metric=args.metric,
                      fmt="json" if args.json else args.format, out=args.out, tracking_uri=args.tracking_uri,
                      storage=args.storage, repeat=args.repeat, repeat_top=args.repeat_top, data_dir=args.data_dir,
-                     backend_name=args.backend, figures=not args.no_figures, quiet=args.quiet)
+                     backend_name=args.backend, figures=not args.no_figures, log=not args.no_log,
+                     quiet=args.quiet)
     print(report.text, end="")
     return 0
 
