@@ -78,6 +78,8 @@ def _common(tracking=True, data=True, training=True) -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                        help="override a config value, e.g. --set train.epochs=3 (repeatable); "
                             "a searched parameter that is set is no longer searched")
+        p.add_argument("--system-metrics", action=argparse.BooleanOptionalAction, default=None,
+                       help="log CPU, memory and GPU use into each run (MLflow's monitor; default: on for GPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--json", action=Noted, nargs=0, default=False, help="print the summary as JSON")
     return p
@@ -202,7 +204,8 @@ def cmd_train(args) -> int:
     from search import commands
 
     s = commands.train(args.space, overrides=args.set, data_dir=args.data_dir, backend_name=args.backend,
-                       tracking_uri=args.tracking_uri, experiment=args.experiment, quiet=args.quiet)
+                       tracking_uri=args.tracking_uri, experiment=args.experiment,
+                       system_metrics=args.system_metrics, quiet=args.quiet)
     line = (f"run {s['run_id']} completed: {s['metric']} {s['objective']:.4f} (best epoch {s['best_epoch']}), "
             f"test_accuracy {s['test_accuracy']:.4f}, {s['train_seconds']:.1f} s training, "
             f"{s['images_per_second']:.0f} img/s [{s['backend']}]")
@@ -248,7 +251,7 @@ def cmd_run(args) -> int:
         study=args.study, storage=args.storage, sampler=args.sampler, pruner=args.pruner, tuner=args.tuner,
         seed=args.seed, max_failures=args.max_failures, keep_models=args.keep_models, heartbeat=args.heartbeat,
         overrides=args.set, data_dir=args.data_dir, backend_name=args.backend, tracking_uri=args.tracking_uri,
-        quiet=args.quiet)
+        system_metrics=args.system_metrics, quiet=args.quiet)
     _print(args, asdict(summary), summary.line())
     return 0
 

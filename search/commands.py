@@ -43,7 +43,7 @@ def _spec(space, overrides):
 
 def train(space, *, overrides=None, data_dir: Optional[str] = None,
           backend_name: Optional[str] = None, tracking_uri: Optional[str] = None,
-          experiment: Optional[str] = None, quiet: bool = False) -> dict:
+          experiment: Optional[str] = None, system_metrics: Optional[bool] = None, quiet: bool = False) -> dict:
     """`blocksweep train`: one configuration (fixed values, each parameter's default),
     logged as one MLflow run.
 
@@ -55,6 +55,8 @@ def train(space, *, overrides=None, data_dir: Optional[str] = None,
         backend_name: ``tensorflow``, ``jax``, ``torch`` or ``auto`` (default: $KERAS_BACKEND, else auto).
         tracking_uri: the MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db).
         experiment: the MLflow experiment (default: ``<space name>-train``).
+        system_metrics: log CPU, memory and GPU use into the run (MLflow's monitor; default:
+            on when training on a GPU).
         quiet: no progress bar.
 
     Returns:
@@ -84,14 +86,16 @@ def train(space, *, overrides=None, data_dir: Optional[str] = None,
     from search.trials.tracked import train_tracked
 
     tracker = Tracker(tracking_uri)
+    environment = _environment(spec, chosen)
     exp_id, _ = tracker.experiment(experiment or f"{spec.name}-train")
-    run = tracker.start_run(exp_id, spec.name, {**_environment(spec, chosen), "blocksweep.role": "train",
+    run = tracker.start_run(exp_id, spec.name, {**environment, "blocksweep.role": "train",
                                                 "blocksweep.space": spec.path})
     run.log_text(spec.text, "space.yaml")
     epochs = getattr(config.model, "trial_epochs", lambda e: e)(config.train.epochs)  # + a ResNet's head epochs
     bar = EpochBar(epochs, desc=spec.name, enabled=not quiet)
     try:
-        result = train_tracked(config, splits, run, progress=bar, title=spec.name)
+        result = train_tracked(config, splits, run, progress=bar, title=spec.name,
+                               system_metrics=_system_metrics(system_metrics, environment))
     finally:
         bar.close()
     summary = {"run_id": run.run_id, "experiment_id": exp_id, "backend": chosen,
@@ -107,7 +111,7 @@ def sweep(space, *, engine: Optional[str] = None, trials: Optional[int] = None,
           tuner: Optional[str] = None, seed: Optional[int] = None, max_failures: Optional[int] = None,
           keep_models: Optional[str] = None, heartbeat: float = 10.0, overrides=None,
           data_dir: Optional[str] = None, backend_name: Optional[str] = None,
-          tracking_uri: Optional[str] = None, quiet: bool = False):
+          tracking_uri: Optional[str] = None, system_metrics: Optional[bool] = None, quiet: bool = False):
     """`blocksweep run`: a tuning sweep, one MLflow parent run with a child run per trial.
     Rerunning with the same study adds trials to it (same parent, no duplicates).
 
@@ -122,7 +126,8 @@ def sweep(space, *, engine: Optional[str] = None, trials: Optional[int] = None,
         sampler, pruner: Optuna's (``tpe|random|cmaes|gp|grid``, ``median|hyperband|halving|none``).
         tuner: Keras Tuner's algorithm (``random|bayesian|hyperband``).
         seed, max_failures, keep_models, heartbeat: as the ``run`` flags of the same names.
-        overrides, data_dir, backend_name, tracking_uri, quiet: as for `train`.
+        overrides, data_dir, backend_name, tracking_uri, system_metrics, quiet: as for `train`
+            (system metrics go into each trial's run).
 
     Returns:
         A `SweepSummary`: study, engine, parent_run_id, ran (this call's counts),
@@ -162,11 +167,13 @@ def sweep(space, *, engine: Optional[str] = None, trials: Optional[int] = None,
 
     eng = get_engine(options.engine)
     tracker = Tracker(tracking_uri)
+    environment = _environment(spec, chosen)
+    options = replace(options, system_metrics=_system_metrics(system_metrics, environment))
     from search.data import load_cifar10
 
     # The data is checked before the study or the parent run is created.
     s = Sweep(spec=spec, dataset=load_cifar10(data_dir), tracker=tracker, options=options,
-              tags=_environment(spec, chosen))
+              tags=environment)
     s.splits_for(spec.base_config().data)
     eng.check(s)
     s.open(storage_kind=_storage_kind(options))
@@ -177,6 +184,12 @@ def sweep(space, *, engine: Optional[str] = None, trials: Optional[int] = None,
         return replace(eng.run(s), metric=s.metric)
     finally:
         bar.close()
+
+
+def _system_metrics(asked: Optional[bool], environment: dict) -> bool:
+    """MLflow's system metrics: as asked, else on for GPU trials (utilisation and memory are
+    what a GPU sweep is watched for; a CPU run is spared the monitor's thread)."""
+    return asked if asked is not None else environment["blocksweep.device"] == "gpu"
 
 
 def _check_flags(engine: str, *, study, trials, study_trials, tuner, sampler, pruner, storage) -> None:

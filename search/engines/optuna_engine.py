@@ -323,6 +323,9 @@ class OptunaEngine:
             raise UsageError(f"--study {o.study}: the existing study {study.direction.name.lower()}s, "
                              f"but the space file asks to {sweep.objective.goal} {sweep.metric}")
         check_space_fits(study, sweep.spec.space)
+        if study.metric_names is None:  # optuna-dashboard and optuna.visualization name the axis by it
+            with _quiet_experimental():
+                study.set_metric_names([sweep.metric])
         return study, storage, url
 
     def retry(self, sweep: Sweep, study: optuna.Study, failed: optuna.trial.FrozenTrial, why: str) -> None:
