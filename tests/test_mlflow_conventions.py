@@ -14,8 +14,8 @@ from tests.conftest import REPO
 from tests.layout import Trial, make_study
 from tests.sweeps import optuna_study, sweep_runs
 
-# MLflow 3.17's UI chooses an experiment's first view from this tag; the value for model
-# training is its enum ExperimentKind.CUSTOM_MODEL_DEVELOPMENT (mlflow/server/js: "custom_model_development").
+# MLflow 3's experiment kind; the value for model training is its UI's enum
+# ExperimentKind.CUSTOM_MODEL_DEVELOPMENT = "custom_model_development" (mlflow/server/js).
 KIND = ("mlflow.experimentKind", "custom_model_development")
 # MLflow's standard run tags (mlflow/utils/mlflow_tags.py: MLFLOW_USER, MLFLOW_SOURCE_NAME,
 # MLFLOW_SOURCE_TYPE, MLFLOW_GIT_COMMIT) and the dataset-input context tag (MLFLOW_DATASET_CONTEXT).

@@ -14,8 +14,9 @@ Layout, correct by construction:
   a ``blocksweep.state`` tag and, where there is one, ``blocksweep.reason``.
 
 MLflow's own conventions, so its UI shows what it shows for any training run: experiments
-carry `mlflow.experimentKind = custom_model_development` (the UI then opens them on their
-training runs, not on the GenAI traces view); every run carries MLflow's standard tags
+carry `mlflow.experimentKind = custom_model_development` (MLflow's mark of a model-training
+experiment; the 3.17 UI picks its first view by its own switch instead, see
+search/services/ui.py); every run carries MLflow's standard tags
 (user, source name and type, git commit: `run_context_tags`); trained runs log their data
 split as dataset inputs named CIFAR-10 with digests and train/validation/test contexts
 (`dataset_inputs`), and, when asked, system metrics through MLflow's own monitor
@@ -65,9 +66,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 PARENT_TAG = "blocksweep.parent_run_id"  # experiment tag: the sweep's one parent run
-# The experiment tag by which MLflow's UI (3.x) chooses an experiment's first view; its UI
-# code names the values (enum ExperimentKind: genai_development, custom_model_development,
-# ...); MLflow's Python package has no constant for it. Model training is the second.
+# The experiment tag that says what kind of work an experiment holds in MLflow 3; its UI code
+# names the values (enum ExperimentKind: genai_development, custom_model_development, ...);
+# MLflow's Python package has no constant for it. Model training is the second.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 DATASET_NAME = "CIFAR-10"
