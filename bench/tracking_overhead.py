@@ -3,8 +3,8 @@
     python bench/tracking_overhead.py [--trials 4] [--epochs 5] [--data-dir DIR]
 
 Runs an Optuna sweep of the quickstart space (small subset) into a temporary embedded
-store, timing every call into `tracking.RunLog` (the only way trials reach MLflow), and
-prints, per trial and in total: trial wall time, time in tracking, and the share.
+store, timing every call into `tracking.RunLog` (the only way trials reach MLflow) and the
+tracker's run creation and look-ups, and prints, per trial and in total: trial wall time, time in tracking, and the share.
 Without --data-dir it uses synthetic CIFAR-shaped data.
 """
 
@@ -47,9 +47,11 @@ def main() -> None:
 
     spent: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
-    for name in ("log_params", "set_tags", "log_epoch", "log_metrics", "log_text", "log_file",
-                 "log_keras_model", "finish"):
-        original = getattr(tracking.RunLog, name)
+    timed_methods = [(tracking.RunLog, name) for name in (
+        "log_params", "set_tags", "delete_tags", "log_epoch", "log_metrics", "log_text", "log_file", "log_splits",
+        "log_keras_model", "finish")] + [(tracking.Tracker, name) for name in ("start_run", "get_run")]
+    for cls, name in timed_methods:
+        original = getattr(cls, name)
 
         @functools.wraps(original)
         def timed(self, *a, _original=original, _name=name, **k):
@@ -60,7 +62,7 @@ def main() -> None:
                 spent[_name] += time.perf_counter() - start
                 calls[_name] += 1
 
-        setattr(tracking.RunLog, name, timed)
+        setattr(cls, name, timed)
 
     from search import commands
 

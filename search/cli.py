@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from search import __version__
+from search.version import __version__
 from search.errors import TrialFailed, UsageError
 
 ENGINES = ("optuna", "kerastuner")
@@ -78,6 +78,8 @@ def _common(tracking=True, data=True, training=True) -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                        help="override a config value, e.g. --set train.epochs=3 (repeatable); "
                             "a searched parameter that is set is no longer searched")
+        p.add_argument("--system-metrics", action=argparse.BooleanOptionalAction, default=None,
+                       help="log CPU, memory and GPU use into each run (MLflow's monitor; default: on for GPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--json", action=Noted, nargs=0, default=False, help="print the summary as JSON")
     return p
@@ -132,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="compare", help="folder for the figures and the ranking file (default: compare)")
     p.add_argument("--storage", help="Optuna storage URL, for importances (default: sqlite:///mlruns/optuna.db)")
     p.add_argument("--no-figures", action="store_true", help="rank only: draw and log no figures")
+    p.add_argument("--no-log", action="store_true", help="write nothing into MLflow: the figures stay in --out")
     p.add_argument("--repeat", type=int, metavar="K", help="retrain the top configurations with K seeds each")
     p.add_argument("--repeat-top", type=_positive_int, default=None, metavar="N",
                    help="how many configurations --repeat retrains (default 3)")
@@ -183,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for confusion_matrix.png and evaluation.json (default: evaluation/<name>)")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="Keras backend (default: as for train)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of space files (for editors that check YAML)")
+    p.add_argument("--out", metavar="FILE", help="write it to FILE instead")
+    p.set_defaults(func=cmd_schema)
     return parser
 
 
@@ -197,7 +204,8 @@ def cmd_train(args) -> int:
     from search import commands
 
     s = commands.train(args.space, overrides=args.set, data_dir=args.data_dir, backend_name=args.backend,
-                       tracking_uri=args.tracking_uri, experiment=args.experiment, quiet=args.quiet)
+                       tracking_uri=args.tracking_uri, experiment=args.experiment,
+                       system_metrics=args.system_metrics, quiet=args.quiet)
     line = (f"run {s['run_id']} completed: {s['metric']} {s['objective']:.4f} (best epoch {s['best_epoch']}), "
             f"test_accuracy {s['test_accuracy']:.4f}, {s['train_seconds']:.1f} s training, "
             f"{s['images_per_second']:.0f} img/s [{s['backend']}]")
@@ -243,7 +251,7 @@ def cmd_run(args) -> int:
         study=args.study, storage=args.storage, sampler=args.sampler, pruner=args.pruner, tuner=args.tuner,
         seed=args.seed, max_failures=args.max_failures, keep_models=args.keep_models, heartbeat=args.heartbeat,
         overrides=args.set, data_dir=args.data_dir, backend_name=args.backend, tracking_uri=args.tracking_uri,
-        quiet=args.quiet)
+        system_metrics=args.system_metrics, quiet=args.quiet)
     _print(args, asdict(summary), summary.line())
     return 0
 
@@ -254,7 +262,8 @@ def cmd_compare(args) -> int:
     report = compare(args.study, experiment=args.experiment, top=args.top, metric=args.metric,
                      fmt="json" if args.json else args.format, out=args.out, tracking_uri=args.tracking_uri,
                      storage=args.storage, repeat=args.repeat, repeat_top=args.repeat_top, data_dir=args.data_dir,
-                     backend_name=args.backend, figures=not args.no_figures, quiet=args.quiet)
+                     backend_name=args.backend, figures=not args.no_figures, log=not args.no_log,
+                     quiet=args.quiet)
     print(report.text, end="")
     return 0
 
@@ -304,6 +313,23 @@ def cmd_evaluate(args) -> int:
     per_class = "".join(f"\n  {name:<{width}}  {accuracy:.4f}" for name, accuracy in s["per_class"].items())
     _print(args, s, f"{args.model}: test accuracy {s['accuracy']:.4f} on {s['images']} images; "
                     f"confusion matrix {s['png']}{logged}{per_class}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from pathlib import Path
+
+    from search.config.spec import space_schema
+
+    text = json.dumps(space_schema(), indent=2) + "\n"
+    if args.out is None:
+        print(text, end="")
+        return 0
+    try:
+        Path(args.out).write_text(text)
+    except OSError as err:
+        raise UsageError(f"--out {args.out}: cannot write it ({err.strerror})") from None
+    print(f"wrote the space-file schema to {args.out}")
     return 0
 
 

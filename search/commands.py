@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from typing import Optional
+from typing import Mapping, Optional
 
 from search import backend
 from search.config import load_spec, parse_overrides
@@ -35,12 +35,39 @@ def _environment(spec, backend_name: str) -> dict:
     return environment_tags(spec.file.model.family, backend_name, device_kind())
 
 
-def train(space: str, *, overrides: list[str] | None = None, data_dir: Optional[str] = None,
+def _spec(space, overrides):
+    """The space (a file, a mapping or a loaded Spec) with `--set` overrides, given as the
+    command line's KEY=VALUE strings or as a {path: value} mapping."""
+    return load_spec(space, dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides))
+
+
+def train(space, *, overrides=None, data_dir: Optional[str] = None,
           backend_name: Optional[str] = None, tracking_uri: Optional[str] = None,
-          experiment: Optional[str] = None, quiet: bool = False) -> dict:
+          experiment: Optional[str] = None, system_metrics: Optional[bool] = None, quiet: bool = False) -> dict:
     """`blocksweep train`: one configuration (fixed values, each parameter's default),
-    logged as one MLflow run. Returns the summary; raises TrialFailed if training broke."""
-    spec = load_spec(space, parse_overrides(overrides))
+    logged as one MLflow run.
+
+    Args:
+        space: a space file's path, the same content as a dict, or a loaded `Spec`.
+        overrides: fixed values, ``{"train.epochs": 1}`` or ``["train.epochs=1"]`` (``--set``).
+        data_dir: the folder holding ``cifar-10-batches-py/`` (default: $BLOCKSWEEP_DATA_DIR,
+            then Keras's cache or download).
+        backend_name: ``tensorflow``, ``jax``, ``torch`` or ``auto`` (default: $KERAS_BACKEND, else auto).
+        tracking_uri: the MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db).
+        experiment: the MLflow experiment (default: ``<space name>-train``).
+        system_metrics: log CPU, memory and GPU use into the run (MLflow's monitor; default:
+            on when training on a GPU).
+        quiet: no progress bar.
+
+    Returns:
+        The summary the command prints: run_id, experiment_id, backend, metric, objective,
+        best_epoch, test_accuracy, train_seconds, images_per_second, ...
+
+    Raises:
+        UsageError: bad input (the command's one line); nothing ran.
+        TrialFailed: the training broke (the run is recorded failed with the reason).
+    """
+    spec = _spec(space, overrides)
     from search.config import resolve
     from search.config.space import DefaultSuggester
 
@@ -49,6 +76,7 @@ def train(space: str, *, overrides: list[str] | None = None, data_dir: Optional[
         config = resolve(spec, values)
     except ValueError as err:
         raise UsageError(f"{spec.path}: the parameters' defaults do not fit together: {err}") from None
+    _check_drivers(None, tracking_uri)
     chosen = backend.select(backend_name)
     _check_model(config, tracking_uri)
     splits = _load_data(data_dir, config.data)
@@ -58,14 +86,16 @@ def train(space: str, *, overrides: list[str] | None = None, data_dir: Optional[
     from search.trials.tracked import train_tracked
 
     tracker = Tracker(tracking_uri)
+    environment = _environment(spec, chosen)
     exp_id, _ = tracker.experiment(experiment or f"{spec.name}-train")
-    run = tracker.start_run(exp_id, spec.name, {**_environment(spec, chosen), "blocksweep.role": "train",
+    run = tracker.start_run(exp_id, spec.name, {**environment, "blocksweep.role": "train",
                                                 "blocksweep.space": spec.path})
     run.log_text(spec.text, "space.yaml")
     epochs = getattr(config.model, "trial_epochs", lambda e: e)(config.train.epochs)  # + a ResNet's head epochs
     bar = EpochBar(epochs, desc=spec.name, enabled=not quiet)
     try:
-        result = train_tracked(config, splits, run, progress=bar, title=spec.name)
+        result = train_tracked(config, splits, run, progress=bar, title=spec.name,
+                               system_metrics=_system_metrics(system_metrics, environment))
     finally:
         bar.close()
     summary = {"run_id": run.run_id, "experiment_id": exp_id, "backend": chosen,
@@ -75,17 +105,41 @@ def train(space: str, *, overrides: list[str] | None = None, data_dir: Optional[
     return summary
 
 
-def sweep(space: str, *, engine: Optional[str] = None, trials: Optional[int] = None,
+def sweep(space, *, engine: Optional[str] = None, trials: Optional[int] = None,
           study_trials: Optional[int] = None, timeout: Optional[float] = None, study: Optional[str] = None,
           storage: Optional[str] = None, sampler: Optional[str] = None, pruner: Optional[str] = None,
           tuner: Optional[str] = None, seed: Optional[int] = None, max_failures: Optional[int] = None,
-          keep_models: Optional[str] = None, heartbeat: float = 10.0, overrides: list[str] | None = None,
+          keep_models: Optional[str] = None, heartbeat: float = 10.0, overrides=None,
           data_dir: Optional[str] = None, backend_name: Optional[str] = None,
-          tracking_uri: Optional[str] = None, quiet: bool = False):
-    """`blocksweep run`: a tuning sweep; returns its SweepSummary."""
+          tracking_uri: Optional[str] = None, system_metrics: Optional[bool] = None, quiet: bool = False):
+    """`blocksweep run`: a tuning sweep, one MLflow parent run with a child run per trial.
+    Rerunning with the same study adds trials to it (same parent, no duplicates).
+
+    Args:
+        space: a space file's path, the same content as a dict, or a loaded `Spec`.
+        engine: ``optuna`` or ``kerastuner`` (default: the space's ``search.engine``).
+        trials: trials this call runs (default: the space's ``search.trials``).
+        study_trials: instead, run until the whole study has this many finished trials.
+        timeout: seconds after which no new trial starts.
+        study: the study (and MLflow experiment) name (default: the space's name).
+        storage: Optuna's storage URL (default: sqlite:///mlruns/optuna.db).
+        sampler, pruner: Optuna's (``tpe|random|cmaes|gp|grid``, ``median|hyperband|halving|none``).
+        tuner: Keras Tuner's algorithm (``random|bayesian|hyperband``).
+        seed, max_failures, keep_models, heartbeat: as the ``run`` flags of the same names.
+        overrides, data_dir, backend_name, tracking_uri, system_metrics, quiet: as for `train`
+            (system metrics go into each trial's run).
+
+    Returns:
+        A `SweepSummary`: study, engine, parent_run_id, ran (this call's counts),
+        study_counts, best_trial, best_value, best_run_id, metric; ``.line()`` is what
+        the command prints.
+
+    Raises:
+        UsageError: bad input; nothing was recorded.
+    """
     from search.trials.sweep import Sweep, SweepOptions
 
-    spec = load_spec(space, parse_overrides(overrides))
+    spec = _spec(space, overrides)
     d = spec.file.search
     engine = engine or d.engine
     _check_flags(engine, study=study, trials=trials, study_trials=study_trials, tuner=tuner, sampler=sampler,
@@ -101,6 +155,7 @@ def sweep(space: str, *, engine: Optional[str] = None, trials: Optional[int] = N
         seed=d.seed if seed is None else seed, max_failures=max_failures or d.max_failures,
         keep_models=keep_models or d.keep_models, heartbeat=heartbeat, quiet=quiet)
     _check_counts(options)
+    _check_drivers(options.storage, tracking_uri)
     if not spec.space.params:
         raise UsageError(f"{spec.path}: params: the space has no parameters to search (use `blocksweep train`)")
     chosen = backend.select(backend_name)
@@ -112,11 +167,13 @@ def sweep(space: str, *, engine: Optional[str] = None, trials: Optional[int] = N
 
     eng = get_engine(options.engine)
     tracker = Tracker(tracking_uri)
+    environment = _environment(spec, chosen)
+    options = replace(options, system_metrics=_system_metrics(system_metrics, environment))
     from search.data import load_cifar10
 
     # The data is checked before the study or the parent run is created.
     s = Sweep(spec=spec, dataset=load_cifar10(data_dir), tracker=tracker, options=options,
-              tags=_environment(spec, chosen))
+              tags=environment)
     s.splits_for(spec.base_config().data)
     eng.check(s)
     s.open(storage_kind=_storage_kind(options))
@@ -127,6 +184,12 @@ def sweep(space: str, *, engine: Optional[str] = None, trials: Optional[int] = N
         return replace(eng.run(s), metric=s.metric)
     finally:
         bar.close()
+
+
+def _system_metrics(asked: Optional[bool], environment: dict) -> bool:
+    """MLflow's system metrics: as asked, else on for GPU trials (utilisation and memory are
+    what a GPU sweep is watched for; a CPU run is spared the monitor's thread)."""
+    return asked if asked is not None else environment["blocksweep.device"] == "gpu"
 
 
 def _check_flags(engine: str, *, study, trials, study_trials, tuner, sampler, pruner, storage) -> None:
@@ -163,6 +226,14 @@ def _check_counts(options) -> None:
         raise UsageError(f"--max-failures {options.max_failures}: must be at least 1")
     if options.heartbeat <= 0:
         raise UsageError(f"--heartbeat {options.heartbeat:g}: must be positive seconds")
+
+
+def _check_drivers(storage: Optional[str], tracking_uri: Optional[str]) -> None:
+    """A database URL without its driver (the [postgres] extra) is refused before any store is opened."""
+    from search.tracking.urls import check_driver
+
+    check_driver(storage, "--storage")
+    check_driver(tracking_uri, "--tracking-uri")
 
 
 def _storage_kind(options) -> str:

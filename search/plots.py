@@ -1,5 +1,6 @@
 """Figures, as PNG files (matplotlib's Agg backend: no display needed): a run's curves, and
-the comparison figures of `blocksweep compare`."""
+the static comparison figures of `blocksweep compare` (its interactive ones, plotly, are in
+search/analysis/figures.py and search/engines/optuna_figures.py)."""
 
 from __future__ import annotations
 
@@ -86,76 +87,6 @@ def objective_by_trial(studies: Sequence[tuple[str, str, str, "object"]], path: 
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     return _save(fig, path)
-
-
-def parallel_coordinates(params, values, metric: str, goal: str, path: str | Path) -> Path:
-    """One vertical axis per searched parameter and a last one for the objective; each
-    ranked run is a polyline coloured by its objective (bright = better). Numeric axes are
-    scaled to their range (log scale for positive values spanning over 20x); categorical
-    axes place their choices evenly. A parameter a run does not have (conditional) leaves a
-    gap in its line. Drawn as one LineCollection, so thousands of runs stay fast."""
-    import numpy as np
-    import pandas as pd
-    from matplotlib.collections import LineCollection
-
-    plt = _pyplot()
-    columns = list(params.columns) + [metric]
-    table = params.copy()
-    table[metric] = pd.to_numeric(values, errors="coerce").to_numpy()
-    scaled, ticks = [], []
-    for name in columns:
-        y, labels = _axis(table[name])
-        scaled.append(y)
-        ticks.append(labels)
-    grid = np.column_stack(scaled)  # runs x axes, in [0, 1], NaN for missing
-    colour_values = table[metric].to_numpy(dtype=float)
-    order = np.argsort(colour_values if goal == "maximize" else -colour_values)  # best drawn last (on top)
-    segments, colours = [], []
-    for i in order:
-        for a in range(len(columns) - 1):
-            if not (np.isnan(grid[i, a]) or np.isnan(grid[i, a + 1])):
-                segments.append([(a, grid[i, a]), (a + 1, grid[i, a + 1])])
-                colours.append(colour_values[i])
-    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(columns)), 5))
-    cmap = plt.get_cmap("viridis" if goal == "maximize" else "viridis_r")
-    lines = LineCollection(segments, cmap=cmap, linewidths=1, alpha=0.6 if len(order) < 500 else 0.25)
-    lines.set_array(np.asarray(colours))
-    ax.add_collection(lines)
-    fig.colorbar(lines, ax=ax, label=metric)
-    for a, labels in enumerate(ticks):
-        ax.axvline(a, color="black", linewidth=0.8)
-        for y, text in labels:
-            ax.text(a + 0.03, y, text, fontsize=7, va="center")
-    ax.set_xlim(-0.2, len(columns) - 0.6)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xticks(range(len(columns)), columns, rotation=20, ha="right", fontsize=8)
-    ax.set_yticks([])
-    ax.set_title(f"{len(order)} ranked runs: parameters and {metric}")
-    return _save(fig, path)
-
-
-def _axis(column) -> tuple:
-    """(values scaled to [0, 1] with NaN for missing, [(y, label)] ticks) for one axis."""
-    import numpy as np
-    import pandas as pd
-
-    present = column.dropna()
-    numeric = pd.to_numeric(present, errors="coerce")
-    is_numeric = numeric.notna().all() and not present.map(lambda v: isinstance(v, bool)).any() and len(present)
-    if is_numeric:
-        x = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
-        low, high = np.nanmin(x), np.nanmax(x)
-        if low > 0 and high / low > 20:
-            x, low, high = np.log10(x), np.log10(low), np.log10(high)
-            labels = [(0.0, f"{10 ** low:.3g}"), (1.0, f"{10 ** high:.3g}")]
-        else:
-            labels = [(0.0, f"{low:.3g}"), (1.0, f"{high:.3g}")]
-        span = high - low
-        return ((x - low) / span if span > 0 else np.where(np.isnan(x), np.nan, 0.5)), labels
-    choices = sorted(present.astype(str).unique())
-    spot = {c: (i / (len(choices) - 1) if len(choices) > 1 else 0.5) for i, c in enumerate(choices)}
-    y = column.map(lambda v: np.nan if v is None or (isinstance(v, float) and np.isnan(v)) else spot[str(v)])
-    return y.to_numpy(dtype=float), [(spot[c], c) for c in choices]
 
 
 def importances(values: dict, path: str | Path, title: str = "") -> Path:

@@ -25,6 +25,34 @@ def compare_json(cli, capsys, *args) -> dict:
     return json.loads(captured.out)
 
 
+def plotly_figures(page: Path) -> list[dict]:
+    """The figures on a page `compare` wrote, as plotly's JSON ({"data": [traces], "layout": ...}),
+    read back from each `Plotly.newPlot(id, data, layout, config)` call; plotly.js is
+    embedded in the page (it must show without a network)."""
+    text = page.read_text()
+    assert not re.search(r"<script[^>]+src=", text) and text.count("Plotly.newPlot(") >= 1
+    decoder, figures = json.JSONDecoder(), []
+    for call in text.split("Plotly.newPlot(")[1:]:
+        rest = call.split(",", 1)[1].lstrip()  # after the div id
+        data, end = decoder.raw_decode(rest)
+        layout, _ = decoder.raw_decode(rest[end:].lstrip(", \n"))
+        figures.append({"data": _arrays(data), "layout": layout})
+    return figures
+
+
+def _arrays(tree):
+    """plotly's JSON with its base64 typed arrays ({"dtype": "f8", "bdata": ...}) as lists."""
+    import base64
+
+    if isinstance(tree, dict):
+        if set(tree) <= {"dtype", "bdata", "shape"} and "bdata" in tree:
+            return np.frombuffer(base64.b64decode(tree["bdata"]), dtype=tree["dtype"]).tolist()
+        return {k: _arrays(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_arrays(v) for v in tree]
+    return tree
+
+
 def trials_of(rows) -> list:
     return [r["trial"] for r in rows]
 
@@ -137,17 +165,69 @@ def test_figures_are_written_and_logged_to_the_parent_run(cli, capsys, tracking_
                     params={"train.learning_rate": 0.01 * (i + 1), "model.block": "ab"[i % 2]}) for i in range(6)]
     parent, _ = make_study(tracking_uri, "kt", trials, engine="kerastuner")
     out = compare_json(cli, capsys, "--study", "kt", "--out", tmp_path / "figs", "--top", "3")
-    names = {"curves_top.png", "objective_by_trial.png", "parallel_coordinates.png", "importance_kt.png"}
-    assert {Path(f).name for f in out["figures"]} == names
-    for name in names:
+    pngs = {"curves_top.png", "objective_by_trial.png", "importance_kt.png"}
+    assert {Path(f).name for f in out["figures"]} == pngs | {"figures_kt.html"}
+    for name in pngs:
         assert (tmp_path / "figs" / name).read_bytes()[:8] == PNG
     logged = {a.path for a in MlflowClient(tracking_uri).list_artifacts(parent, "compare")}
-    assert logged == {f"compare/{n}" for n in names}
+    assert logged == {f"compare/{n}" for n in pngs | {"figures_kt.html"}}
+    # The Keras Tuner study's interactive page: the same kinds of figure as Optuna's, from its runs.
+    page = plotly_figures(tmp_path / "figs" / "figures_kt.html")
+    assert [f["data"][0]["type"] for f in page] == ["scatter", "parcoords", "scatter", "bar"]
+    parcoords = page[1]["data"][0]
+    block, rate, value = parcoords["dimensions"]
+    assert (block["label"], rate["label"], value["label"]) == ("model.block", "train.learning_rate", "val_accuracy")
+    assert block["ticktext"] == ["a", "b"] and sorted(block["values"]) == [0, 0, 0, 1, 1, 1]
+    assert sorted(value["values"]) == pytest.approx([0.5 + 0.05 * i for i in range(6)])
     importance = out["importances"]["kt"]
     assert importance["method"].startswith("random-forest permutation importance")
     assert set(importance["values"]) == {"train.learning_rate", "model.block"}
     assert sum(importance["values"].values()) == pytest.approx(1.0)
     assert max(importance["values"], key=importance["values"].get) == "train.learning_rate"
+
+
+def test_studies_of_both_engines_share_one_interactive_page_logged_into_both_parents(cli, capsys, tracking_uri,
+                                                                                     tmp_path):
+    def trials(first: float, rate: float) -> list:
+        return [Trial(objective=first + 0.1 * i, params={"train.learning_rate": rate * 4 ** i}) for i in range(3)]
+
+    opt, _ = make_study(tracking_uri, "opt", trials(0.5, 0.01))
+    kt, _ = make_study(tracking_uri, "kt", trials(0.55, 0.02), engine="kerastuner")
+    out = compare_json(cli, capsys, "--study", "opt", "--study", "kt", "--out", tmp_path / "o")
+    assert {"figures_opt.html", "figures_kt.html", "figures.html"} <= {Path(f).name for f in out["figures"]}
+    # No Optuna storage holds "opt" here: its page is drawn from its MLflow runs, and says so.
+    assert any(n.startswith("figures of opt from its MLflow runs") for n in out["notes"])
+    history, parcoords, slices = plotly_figures(tmp_path / "o" / "figures.html")
+    assert {t["name"] for t in history["data"]} >= {"opt: completed", "kt: completed"}
+    rate = parcoords["data"][0]["dimensions"][0]
+    assert rate["label"] == "train.learning_rate (log)"  # 0.01 .. 0.32 spans more than 20x
+    assert sorted(rate["values"]) == pytest.approx(sorted(np.log10([0.01, 0.04, 0.16, 0.02, 0.08, 0.32])))
+    assert {t["name"] for t in slices["data"]} == {"opt", "kt"}
+    client = MlflowClient(tracking_uri)
+    for parent, own in ((opt, "figures_opt.html"), (kt, "figures_kt.html")):
+        logged = {a.path for a in client.list_artifacts(parent, "compare")}
+        assert {"compare/figures.html", f"compare/{own}"} <= logged
+
+
+def test_compare_no_log_writes_nothing_into_mlflow(cli, capsys, tracking_uri, workdir, tmp_path):
+    import hashlib
+
+    parent, _ = make_study(tracking_uri, "quiet", [Trial(objective=0.5 + 0.1 * i, curve=(0.4, 0.5 + 0.1 * i),
+                                                        params={"train.learning_rate": 0.01 * (i + 1)})
+                                                  for i in range(4)], engine="kerastuner")
+
+    def store_state():
+        files = sorted(p for p in (workdir / "mlruns").rglob("*") if p.is_file())
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+    before = store_state()
+    out = compare_json(cli, capsys, "--study", "quiet", "--out", tmp_path / "o", "--no-log")
+    assert store_state() == before  # the database and the artifacts, byte for byte
+    assert {"curves_top.png", "figures_quiet.html"} <= {Path(f).name for f in out["figures"]}
+    assert all(Path(f).exists() for f in out["figures"])
+    assert MlflowClient(tracking_uri).list_artifacts(parent, "compare") == []
+    assert cli("compare", "--study", "quiet", "--no-log", "--repeat", "2") == 2
+    assert "cannot run with --no-log" in capsys.readouterr().err
 
 
 def test_after_a_real_sweep_the_ranking_agrees_with_optuna_and_uses_its_importances(cli, capsys, tiny_sweep,
@@ -164,6 +244,16 @@ def test_after_a_real_sweep_the_ranking_agrees_with_optuna_and_uses_its_importan
     assert cli(*["compare", *args]) == 0  # the table: the best run's row comes first
     rows = [line for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
     assert parent.data.tags["blocksweep.best_run_id"] in rows[0]
+    # Optuna's own interactive figures, their objective axis named by the study's metric,
+    # logged into the parent beside the PNGs.
+    page = plotly_figures(tmp_path / "o" / f"figures_{tiny_sweep.study}.html")
+    titles = [f["layout"]["title"]["text"] for f in page]
+    assert titles == ["Optimization History Plot", "Parallel Coordinate Plot", "Hyperparameter Importances",
+                      "Slice Plot", "Contour Plot"]
+    assert page[0]["layout"]["yaxis"]["title"]["text"] == "val_accuracy"
+    assert page[4]["data"][0]["colorbar"]["title"]["text"] == "val_accuracy"  # the contour's colour scale
+    logged = {a.path for a in MlflowClient(tiny_sweep.tracking_uri).list_artifacts(parent.info.run_id, "compare")}
+    assert f"compare/figures_{tiny_sweep.study}.html" in logged and "compare/objective_by_trial.png" in logged
 
 
 def test_repeat_retrains_the_leaders_with_seeds_under_the_parent_and_tests_them(cli, capsys, tiny_sweep, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 from tests.services import alive, descendants, free_port, kill_group, start_cli, wait_for_line
 from tests.sweeps import wait_for
 
@@ -69,28 +69,48 @@ def browser():
 
 
 @pytest.mark.browser
-def test_ui_shows_the_sweeps_runs_in_a_browser(cli, write_space, tiny_cifar, tracking_uri, workdir, browser):
+def test_ui_opens_a_sweep_on_its_training_runs_with_dataset_and_source(write_space, tiny_cifar, tracking_uri,
+                                                                       workdir, browser):
+    """As a user: a sweep from the command line, then `blocksweep ui`, then the link it
+    prints for the study: the experiment opens on its runs under Model training (not on
+    the GenAI traces overview, MLflow 3.17's default), the sweep's row names its dataset
+    and source, and it unfolds into its trials. Screenshots go to tests/artifacts/."""
     from mlflow.tracking import MlflowClient
     from selenium.webdriver.common.by import By
 
-    assert cli("run", write_space(), "--data-dir", tiny_cifar, "--quiet", "--study", "shown", "--trials", 2,
-               "--set", "train.epochs=1") == 0
-    exp_id = MlflowClient(tracking_uri).get_experiment_by_name("shown").experiment_id
+    done = run_cli(["run", write_space(), "--data-dir", tiny_cifar, "--quiet", "--study", "shown", "--trials", 2,
+                    "--set", "train.epochs=1"], workdir)
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(tracking_uri)
+    exp_id = client.get_experiment_by_name("shown").experiment_id
+    (parent,) = client.search_runs([exp_id], "tags.`blocksweep.role` = 'parent'")
+    train = next(i.dataset for i in parent.inputs.dataset_inputs if i.tags[0].value == "train")
     port = free_port()
     ui, log = start_ui(workdir, "--port", port)
     try:
-        assert f"MLflow UI: http://127.0.0.1:{port}" in log.read_text()
+        link = f"http://127.0.0.1:{port}/#/experiments/{exp_id}?workflowType=machine_learning"
+        assert f"  shown: {link}" in log.read_text().splitlines()
 
         def page_text() -> str:
             return browser.find_element(By.TAG_NAME, "body").text
 
-        browser.get(f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs")
+        browser.set_window_size(1600, 900)
+        browser.get(link)
         wait_for(lambda: "sweep-shown" in page_text(), 60, "the parent run in the runs table")
-        # The trials are the parent's children, folded under it: unfold them.
-        parent = browser.find_element(By.XPATH, "//a[normalize-space()='sweep-shown']")
-        parent.find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]//button").click()
-        wait_for(lambda: "trial-0" in page_text() and "trial-1" in page_text(), 30, "the trials under it")
+        for close in browser.find_elements(By.CSS_SELECTOR, "[data-component-id='mlflow.assistant.chat_panel.close']"):
+            close.click()  # MLflow's assistant panel hides the table's right-hand columns
+        text = page_text()
+        assert "Model training" in text and "Runs" in text.splitlines()
+        assert "Token Usage" not in text and "No data available for the selected time range" not in text
+        wait_for(lambda: f"CIFAR-10 ({train.digest})" in page_text(), 30, "the dataset in the sweep's row")
         ARTIFACTS.mkdir(exist_ok=True)
+        assert browser.save_screenshot(str(ARTIFACTS / "mlflow-ui-training-runs.png"))
+        # Source: the last path segment of mlflow.source.name (the only row shown: the sweep's).
+        assert browser.find_elements(By.XPATH, "//*[@role='gridcell'][normalize-space()='blocksweep']")
+        # The trials are the parent's children, folded under it: unfold them.
+        parent_link = browser.find_element(By.XPATH, "//a[normalize-space()='sweep-shown']")
+        parent_link.find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]//button").click()
+        wait_for(lambda: "trial-0" in page_text() and "trial-1" in page_text(), 30, "the trials under it")
         assert browser.save_screenshot(str(ARTIFACTS / "mlflow-ui-sweep.png"))
     finally:
         code = stop(ui)

@@ -220,10 +220,12 @@ def best(comparison: Comparison):
 
 
 def draw_figures(tracker, comparison: Comparison, out: Path, top: int,
-                 storage: Optional[str] = None) -> list[Path]:
-    """The four figures into `out` (PNG), each logged to the parent run of every study it
-    shows under `compare/`. Figures that cannot be drawn (too few runs) are skipped with a
-    note in `comparison.notes`."""
+                 storage: Optional[str] = None, log: bool = True) -> list[Path]:
+    """The figures into `out`: PNGs (matplotlib) of the top K's curves, the objective by
+    trial and each study's importances; an interactive HTML page (plotly) per study, and
+    one across the studies when several are compared. With `log`, each is logged under
+    `compare/` into the parent run of every study it shows. Figures that cannot be drawn
+    (too few runs) are skipped with a note in `comparison.notes`."""
     from search import plots
 
     out.mkdir(parents=True, exist_ok=True)
@@ -245,12 +247,8 @@ def draw_figures(tracker, comparison: Comparison, out: Path, top: int,
         written.append((plots.objective_by_trial(by_study, out / "objective_by_trial.png"), everyone))
 
     completed = runs[runs["rank"].notna()]
-    if len(completed) >= 2 and comparison.params:
-        path = plots.parallel_coordinates(completed[comparison.params], completed[comparison.column],
-                                          comparison.metric, comparison.goal, out / "parallel_coordinates.png")
-        written.append((path, everyone))
-    elif len(completed) < 2:
-        comparison.notes.append("parallel coordinates: fewer than 2 ranked runs")
+    if len(completed) < 2:
+        comparison.notes.append("parallel coordinates and slices: fewer than 2 ranked runs")
 
     from search.analysis.importance import study_importances
 
@@ -268,10 +266,63 @@ def draw_figures(tracker, comparison: Comparison, out: Path, top: int,
                                  title=f"{study.study}: parameter importance for {metric}\n{method}")
         written.append((path, [study]))
 
-    for path, studies in written:
-        for study in studies:
-            tracker.run(study.parent.run_id).log_file(path, "compare")
+    from search.analysis import figures
+
+    for study in everyone:
+        path = out / f"figures_{_safe(study.study)}.html"
+        path.write_text(figures.page(f"{study.study}: {comparison.metric}", *_study_figures(comparison, study,
+                                                                                              storage)))
+        written.append((path, [study]))
+    if len(everyone) > 1:
+        path = out / "figures.html"
+        shown = [(s, goal, part[["trial", "state", "objective", "run_id"]]) for s, goal, _, part in by_study]
+        pages = [("Objective by trial", figures.history(shown, metric))]
+        if len(completed) >= 2 and comparison.params:
+            pages += _table_figures(comparison, completed, comparison.params)
+        path.write_text(figures.page(f"{len(everyone)} studies: {comparison.metric}", pages))
+        written.append((path, everyone))
+
+    if log:
+        for path, studies in written:
+            for study in studies:
+                tracker.run(study.parent.run_id).log_file(path, "compare")
     return [path for path, _ in written]
+
+
+def _study_figures(comparison: Comparison, study, storage: Optional[str]) -> tuple[list, list[str]]:
+    """(figures, notes) of one study's interactive page: Optuna's own figures for an Optuna
+    study in `storage`, else the same kinds drawn from its runs (Keras Tuner)."""
+    from search.analysis import figures
+
+    importance = comparison.importances.get(study.study)
+    if study.parent.tags.get("blocksweep.engine") == "optuna":
+        from search.engines.optuna_figures import study_figures
+
+        try:
+            return study_figures(study.study, storage, comparison.objective_metric,
+                                 important=list(importance["values"]) if importance else [])
+        except LookupError as err:  # not in this --storage: the run table still knows
+            comparison.notes.append(f"figures of {study.study} from its MLflow runs ({err})")
+    goal, metric = objective_of(study.parent)
+    runs = comparison.runs[comparison.runs["study"] == study.study]
+    shown = [(study.study, goal, runs[["trial", "state", "objective", "run_id"]])]
+    pages = [("Objective by trial", figures.history(shown, metric))]
+    completed = runs[runs["rank"].notna()]
+    names = [n for n in comparison.params if completed[n].notna().any()]
+    if len(completed) >= 2 and names:
+        pages += _table_figures(comparison, completed, names)
+    if importance:
+        pages.append(("Parameter importances", figures.importances(importance["values"], importance["method"],
+                                                                   metric)))
+    return pages, []
+
+
+def _table_figures(comparison: Comparison, completed: pd.DataFrame, names: list[str]) -> list:
+    from search.analysis import figures
+
+    return [("Parallel coordinates", figures.parallel_coordinates(completed[names], completed[comparison.column],
+                                                                  comparison.metric, comparison.goal)),
+            ("Slices", figures.slices(completed, names, comparison.column, comparison.metric))]
 
 
 def _safe(name: str) -> str:
@@ -322,14 +373,16 @@ def render(comparison: Comparison, fmt: str, top: int, figures: list[Path], repe
     tail += [f"note: {n}" for n in comparison.notes]
     if fmt == "markdown":
         parts = [f"## {title}\n\n{_markdown(frame)}" for title, frame in blocks]
-        parts += ["\n".join(f"![{f.stem}]({f.name})" for f in figures)] if figures else []
+        parts += ["\n".join(f"![{f.stem}]({f.name})" if f.suffix == ".png" else f"- [{f.stem}]({f.name})"
+                             for f in figures)] if figures else []
         parts.append("\n".join(f"- {t}" for t in tail))
     elif fmt == "html":
         from html import escape
 
         body = [f"<h2>{escape(title)}</h2>\n{frame.to_html(index=False, na_rep='', float_format=_fmt)}"
                 for title, frame in blocks]
-        body += [f'<img src="{escape(f.name)}" alt="{escape(f.stem)}">' for f in figures]
+        body += [f'<img src="{escape(f.name)}" alt="{escape(f.stem)}">' if f.suffix == ".png" else
+                 f'<p><a href="{escape(f.name)}">{escape(f.stem)} (interactive)</a></p>' for f in figures]
         body += [f"<p>{escape(t)}</p>" for t in tail]
         return ('<!doctype html>\n<html><head><meta charset="utf-8"><title>blocksweep compare</title></head>\n'
                 "<body>\n" + "\n".join(body) + "\n</body></html>\n")
@@ -392,18 +445,43 @@ def _markdown(frame: pd.DataFrame) -> str:
 @dataclass(frozen=True)
 class Report:
     text: str  # the comparison in the chosen format (what the command prints)
-    summary: dict
-    out: Path
+    summary: dict  # what --format json prints
+    out: Path  # the folder holding the figures and ranking.<ext>
+    runs: pd.DataFrame  # every trial run, one row each: the ranked ones first (column `rank`), then the rest
 
 
-def compare(studies: Optional[list[str]] = None, *, experiment: Optional[str] = None, top: int = DEFAULT_TOP,
+def compare(studies: Optional[list[str] | str] = None, *, experiment: Optional[str] = None, top: int = DEFAULT_TOP,
             metric: Optional[str] = None, fmt: str = "table", out: str | Path = DEFAULT_OUT,
             tracking_uri: Optional[str] = None, storage: Optional[str] = None, repeat: Optional[int] = None,
             repeat_top: Optional[int] = None, data_dir: Optional[str] = None, backend_name: Optional[str] = None,
-            figures: bool = True, quiet: bool = False) -> Report:
+            figures: bool = True, log: bool = True, quiet: bool = False) -> Report:
     """`blocksweep compare`: read, rank, draw (and with `repeat`, retrain the leaders).
-    Writes the figures (unless `figures` is False) and the rendered comparison
-    (`ranking.<ext>`) into `out`."""
+
+    Args:
+        studies: a study name or several (default: every sweep in the store); studies of
+            both engines rank together.
+        experiment: instead, every sweep in this MLflow experiment.
+        top: rows shown per list, and runs in the curves figure.
+        metric: rank by this metric instead of the studies' objective (e.g. ``test_accuracy``).
+        fmt: ``table``, ``csv``, ``markdown``, ``json`` or ``html`` (the `text` returned).
+        out: the folder for the figures and ``ranking.<ext>``.
+        tracking_uri, storage: the MLflow store and the Optuna storage (for Optuna's figures).
+        repeat, repeat_top, data_dir, backend_name: retrain the top `repeat_top`
+            configurations with `repeat` seeds each (child runs of the parent).
+        figures: draw the figures (PNG and interactive HTML).
+        log: log the figures into each study's parent run; with False, compare writes
+            nothing into MLflow (only into `out`).
+
+    Returns:
+        A `Report`: `runs` (a DataFrame, one row per trial run, ranked first), `text` (the
+        ranking in `fmt`), `summary` (what ``--format json`` prints) and `out`.
+
+    Example:
+        >>> report = compare("quickstart", log=False)
+        >>> report.runs[["rank", "trial", "objective"]].head(3)
+    """
+    if isinstance(studies, str):
+        studies = [studies]
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if top < 1:
@@ -413,6 +491,8 @@ def compare(studies: Optional[list[str]] = None, *, experiment: Optional[str] = 
         raise UsageError(f"--out {out}: is a file; give a folder for the figures")
     if repeat_top is not None and repeat is None:
         raise UsageError(f"--repeat-top {repeat_top}: only with --repeat K (how many seeds per configuration)")
+    if repeat is not None and not log:
+        raise UsageError("--repeat logs its runs into MLflow; it cannot run with --no-log")
     repeat_top = 3 if repeat_top is None else repeat_top
     if repeat is not None:
         from search.analysis.repeat import check
@@ -428,7 +508,7 @@ def compare(studies: Optional[list[str]] = None, *, experiment: Optional[str] = 
     tracker = Tracker(tracking_uri, create=False)
     comparison = read(tracker, studies, experiment, metric)
     if figures:
-        drawn = draw_figures(tracker, comparison, out, top, storage)
+        drawn = draw_figures(tracker, comparison, out, top, storage, log=log)
     else:
         out.mkdir(parents=True, exist_ok=True)
         drawn = []
@@ -441,4 +521,4 @@ def compare(studies: Optional[list[str]] = None, *, experiment: Optional[str] = 
     text = render(comparison, fmt, top, drawn, repeats)
     ext = {"table": "txt", "markdown": "md"}.get(fmt, fmt)
     (out / f"ranking.{ext}").write_text(text)
-    return Report(text=text, summary=summary(comparison, drawn, repeats), out=out)
+    return Report(text=text, summary=summary(comparison, drawn, repeats), out=out, runs=comparison.runs)

@@ -56,8 +56,17 @@ def read_preprocessing(path: Path, flag: str) -> dict:
 
 
 def predict(model_dir: str | Path, images: list[str], backend_name: Optional[str] = None) -> list[dict]:
-    """Classify image files with an export folder; one dict per image: label, class
-    index, probability, and every class's probability."""
+    """`blocksweep predict`: classify PNG/JPEG files with an export folder.
+
+    Args:
+        model_dir: a folder written by `export` (model.keras, preprocessing.json).
+        images: the image files' paths.
+        backend_name: the Keras backend (default: as for `train`).
+
+    Returns:
+        One dict per image: image, label, class index, probability, and every class's
+        probability.
+    """
     folder = Path(model_dir)
     needed = [folder / "model.keras", folder / "preprocessing.json"]
     if not folder.is_dir() or not all(p.exists() for p in needed):

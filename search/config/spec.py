@@ -24,7 +24,7 @@ import hashlib
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
@@ -138,20 +138,44 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return overrides
 
 
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec:
-    """Read, override and validate a space file completely. Raises UsageError (one line)."""
-    path = Path(path)
-    where = str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UsageError(f"{where}: no such space file") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
-        raise UsageError(f"{where}: cannot read the space file ({err.__class__.__name__})") from None
-    raw = parse_yaml(text, where)
-    if not isinstance(raw, dict):
+def load_spec(source: str | Path | Mapping[str, Any] | Spec, overrides: dict[str, Any] | None = None) -> Spec:
+    """Read, override and validate a space completely. Raises UsageError (one line).
+
+    Args:
+        source: a space file (YAML), the same content as a mapping (e.g. a dict written
+            in a notebook; reported as ``<space>`` in errors), or a `Spec` loaded before
+            (validated again with `overrides`).
+        overrides: {dotted config path: value}, as `--set` gives them (e.g.
+            ``{"train.epochs": 1}``); a searched parameter that is set is no longer searched.
+
+    Returns:
+        The validated `Spec`: `file` (the `SpaceFile` record), `space` (what a sweep
+        varies), `name`, and `base_config()` (the fixed settings as a `RunConfig`).
+
+    Example:
+        >>> spec = load_spec({"name": "tiny", "model": {"family": "vgg", "blocks": 1}})
+        >>> spec.file.model.blocks
+        1
+    """
+    if isinstance(source, Spec):
+        if not overrides:
+            return source
+        where, text, raw = source.path, source.text, source.raw
+    elif isinstance(source, Mapping):
+        where, raw = "<space>", source
+        text = yaml.safe_dump(_plain(raw), sort_keys=False)  # what the run logs as space.yaml
+    else:
+        where = str(source)
+        try:
+            text = Path(source).read_text()
+        except FileNotFoundError:
+            raise UsageError(f"{where}: no such space file") from None
+        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as err:
+            raise UsageError(f"{where}: cannot read the space file ({err.__class__.__name__})") from None
+        raw = parse_yaml(text, where)
+    if not isinstance(raw, Mapping):
         raise UsageError(f"{where}: a space file is a mapping with at least `name` and `model`")
-    raw = copy.deepcopy(raw)
+    raw = copy.deepcopy(_plain(raw))
     # `--set` fixes a value; a searched parameter that is --set is no longer searched.
     for key, value in (overrides or {}).items():
         if key.split(".")[0] not in ("name", "description", *SECTIONS, "objective", "search"):
@@ -168,6 +192,15 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Spec
         raise UsageError(f"{source}: {msg}") from None
     space = _check_params(where, raw, spec_file)
     return Spec(path=where, file=spec_file, space=space, raw=raw, text=text)
+
+
+def _plain(tree: Any) -> Any:
+    """Mappings and tuples as the dicts and lists YAML gives (a notebook may pass either)."""
+    if isinstance(tree, Mapping):
+        return {k: _plain(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_plain(v) for v in tree]
+    return tree
 
 
 def _fix_conditions(params: dict, key: str, value: Any) -> None:
@@ -276,6 +309,23 @@ def _lookup(tree: dict, path: str) -> Any:
 
 def _as_dict(spec_file: SpaceFile) -> dict:
     return asdict(spec_file)
+
+
+def space_schema() -> dict:
+    """The JSON Schema of a space file, generated from the records (`SpaceFile`): every
+    key, type, range, choice and default, unknown keys refused. `blocksweep schema` prints
+    it; spaces/space.schema.json is this schema (a test keeps it so), and the shipped
+    spaces name it in a `# yaml-language-server: $schema=...` line, so editors with a YAML
+    language server complete and check space files as they are typed. The cross-field
+    rules (conditions, per-block counts, recipes) are checked by `load_spec` only.
+
+    Returns:
+        The schema as a dict (JSON Schema draft 2020-12).
+    """
+    schema = _SPACE_FILE.json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema,
+            "title": "Blocksweep space file", "description": "A sweep's fixed settings and the parameters it "
+                                                            "searches (README.md, Space files)."}
 
 
 # --------------------------------------------------------------------------- resolving

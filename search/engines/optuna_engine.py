@@ -134,7 +134,7 @@ def _base_sampler(name: str, seed: int, space: Space) -> optuna.samplers.BaseSam
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
         if importlib.util.find_spec("cmaes") is None:
-            raise UsageError("--sampler cmaes needs the 'cmaes' package: pip install cmaes")
+            raise UsageError("--sampler cmaes needs the 'cmaes' package: pip install 'blocksweep[cmaes]'")
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if name == "gp":
         if importlib.util.find_spec("torch") is None:
@@ -323,6 +323,9 @@ class OptunaEngine:
             raise UsageError(f"--study {o.study}: the existing study {study.direction.name.lower()}s, "
                              f"but the space file asks to {sweep.objective.goal} {sweep.metric}")
         check_space_fits(study, sweep.spec.space)
+        if study.metric_names is None:  # optuna-dashboard and optuna.visualization name the axis by it
+            with _quiet_experimental():
+                study.set_metric_names([sweep.metric])
         return study, storage, url
 
     def retry(self, sweep: Sweep, study: optuna.Study, failed: optuna.trial.FrozenTrial, why: str) -> None:

@@ -10,17 +10,21 @@ are left out, as Optuna does by default.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import optuna
 
-from search.engines.optuna_storage import cannot_open, storage_url
+from search.engines.optuna_storage import load
 from search.errors import first_line
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 METHOD = "Optuna fANOVA (seed 0)"
+
+
+def evaluator() -> optuna.importance.FanovaImportanceEvaluator:
+    """The importance evaluator of `compare` (its PNG and its interactive figure agree)."""
+    return optuna.importance.FanovaImportanceEvaluator(seed=0)
 
 
 def param_importances(study: str, storage: Optional[str] = None) -> dict[str, float]:
@@ -29,22 +33,11 @@ def param_importances(study: str, storage: Optional[str] = None) -> dict[str, fl
     Raises LookupError when the storage has no such study and ValueError when its trials
     cannot give importances (fewer than two completed trials, or no parameter they share).
     """
-    url = storage_url(storage)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        raise LookupError(f"no Optuna storage at {url}")  # opening it would create one
-    try:
-        loaded = optuna.load_study(study_name=study, storage=url)
-    except KeyError:
-        raise LookupError(f"no Optuna study {study!r} in {url}") from None
-    except Exception as err:  # a storage that cannot be opened (bad URL, no server)
-        if storage is not None:  # the user named it: that is bad input, not a fallback
-            raise cannot_open(url, err) from None
-        raise LookupError(f"cannot open {url} ({err.__class__.__name__})") from None
+    loaded = load(study, storage)
     completed = loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(completed) < 2:
         raise ValueError(f"{len(completed)} completed trial(s); importances need at least 2")
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     try:
-        return dict(optuna.importance.get_param_importances(loaded, evaluator=evaluator, normalize=True))
+        return dict(optuna.importance.get_param_importances(loaded, evaluator=evaluator(), normalize=True))
     except (ValueError, RuntimeError) as err:  # e.g. no parameter common to all trials
         raise ValueError(first_line(err)) from None

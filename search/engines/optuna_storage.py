@@ -2,10 +2,11 @@
 imports the trainer, and so Keras): for `blocksweep ui --dashboard`, whose
 optuna-dashboard opens a storage without creating its tables and so fails on a store no
 sweep has used yet; for `export --storage` and `compare --storage`, which check that the
-study is there."""
+study is there; and for `compare`'s importances and figures, which read a study (`load`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 from search.errors import UsageError, first_line
@@ -38,6 +39,7 @@ def check_open(url: str) -> list[str]:
     An SQLite file that does not exist is refused too (opening it would create it)."""
     import optuna
 
+    urls.check_driver(url, "--storage")
     path = urls.sqlite_path(url)
     if path is not None and not path.exists():
         raise UsageError(f"--storage {urls.redact(url)}: no such study database")
@@ -53,3 +55,22 @@ def check_study(url: str, study: str) -> None:
     if study not in names:
         raise UsageError(f"--storage {urls.redact(url)}: no study {study!r} there "
                          f"(studies: {', '.join(sorted(names)) or 'none'})")
+
+
+def load(study: str, storage: Optional[str] = None):
+    """An existing study, for reading (compare). Raises LookupError when the storage or the
+    study is not there (an SQLite file that does not exist is not created), and UsageError
+    when a storage the user named cannot be opened."""
+    import optuna
+
+    url = storage_url(storage)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise LookupError(f"no Optuna storage at {url}")  # opening it would create one
+    try:
+        return optuna.load_study(study_name=study, storage=url)
+    except KeyError:
+        raise LookupError(f"no Optuna study {study!r} in {urls.redact(url)}") from None
+    except Exception as err:  # a storage that cannot be opened (bad URL, no server)
+        if storage is not None:  # the user named it: that is bad input, not a fallback
+            raise cannot_open(url, err) from None
+        raise LookupError(f"cannot open {urls.redact(url)} ({err.__class__.__name__})") from None

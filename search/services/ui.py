@@ -37,6 +37,11 @@ from search.tracking import urls
 from search.errors import UsageError
 
 START_SECONDS = 180.0  # how long a server may take to answer (MLflow migrating a new database: ~20 s here)
+# MLflow 3.17's UI opens an experiment in the workflow of its "GenAI | Model training" switch,
+# GenAI by default (a traces overview, empty for our runs), whatever the experiment's
+# `mlflow.experimentKind` tag says; this query parameter of a link chooses Model training.
+MODEL_TRAINING = "workflowType=machine_learning"
+LINKS_SHOWN = 10  # sweeps listed with their link when the UI starts (most recently updated first)
 STOP_SECONDS = 10.0  # grace before what is left of a server is killed
 
 
@@ -97,6 +102,7 @@ def _check_port_free(host: str, port: int, flag: str) -> None:
 
 
 def _check_database(uri: str, flag: str) -> None:
+    urls.check_driver(uri, flag)
     scheme = urls.kind(uri)
     if scheme in ("http", "https", "databricks"):
         raise UsageError(f"{flag} {urls.redact(uri)}: that is a server already; open it in a browser "
@@ -143,6 +149,28 @@ def _answers(url: str) -> bool:
         return err.code < 500
     except (urllib.error.URLError, OSError):
         return False
+
+
+def training_links(base: str) -> list[str]:
+    """'  <experiment>: <link>' lines for the store's training experiments (those tagged
+    `mlflow.experimentKind = custom_model_development`, as every experiment Blocksweep
+    makes is), most recently updated first: each link opens the experiment on its runs
+    under Model training. Read from the running server's REST API; [] if it cannot be."""
+    import json
+    from urllib.parse import urlencode
+
+    query = urlencode({"max_results": 1000, "order_by": "last_update_time DESC",
+                       "filter": "tags.`mlflow.experimentKind` = 'custom_model_development'"})
+    try:
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/search?{query}", timeout=10) as response:
+            experiments = json.load(response).get("experiments", [])
+    except (OSError, ValueError):  # an old server, a slow one: the UI still works
+        return []
+    lines = [f"  {e['name']}: {base}/#/experiments/{e['experiment_id']}?{MODEL_TRAINING}"
+             for e in experiments[:LINKS_SHOWN]]
+    if len(experiments) > LINKS_SHOWN:
+        lines.append(f"  ... and {len(experiments) - LINKS_SHOWN} more (the switch at the top left: Model training)")
+    return lines
 
 
 def wait_until_up(server: Server, child: procs.Child, seconds: float = START_SECONDS) -> None:
@@ -222,6 +250,8 @@ def ui(*, host: str = "127.0.0.1", port: int = 5000, backend_store_uri: Optional
             for server, child in zip(servers, children):
                 wait_until_up(server, child, start_seconds)
             say(f"MLflow UI: {servers[0].url} (store {urls.redact(uri)}; artifacts {artifacts})")
+            for line in training_links(servers[0].url):
+                say(line)
             if dashboard:
                 say(f"Optuna dashboard: {servers[1].url} (storage {urls.redact(servers[1].argv[1])})")
             say("Ctrl-C stops.")

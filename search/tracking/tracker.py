@@ -13,12 +13,23 @@ Layout, correct by construction:
 * States are mirrored: completed -> FINISHED, pruned -> KILLED, failed -> FAILED, each with
   a ``blocksweep.state`` tag and, where there is one, ``blocksweep.reason``.
 
+MLflow's own conventions, so its UI shows what it shows for any training run: experiments
+carry `mlflow.experimentKind = custom_model_development` (MLflow's mark of a model-training
+experiment; the 3.17 UI picks its first view by its own switch instead, see
+search/services/ui.py); every run carries MLflow's standard tags
+(user, source name and type, git commit: `run_context_tags`); trained runs log their data
+split as dataset inputs named CIFAR-10 with digests and train/validation/test contexts
+(`dataset_inputs`), and, when asked, system metrics through MLflow's own monitor
+(`RunLog.system_metrics`).
+
 Everything goes through `MlflowClient` with explicit run ids (no global active run), so
 children can be logged from any thread or process. Each epoch is one `log_batch` call.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
 import logging
 import os
@@ -27,19 +38,22 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 from urllib.parse import urlparse
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT
 
-import search
 from search.errors import UsageError, first_line
 from search.tracking import store, urls
+from search.version import __version__
 
 # MLflow announces every schema migration of a new SQLite store at INFO; keep the
 # terminal for our own progress display.
@@ -52,6 +66,13 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 PARENT_TAG = "blocksweep.parent_run_id"  # experiment tag: the sweep's one parent run
+# The experiment tag that says what kind of work an experiment holds in MLflow 3; its UI code
+# names the values (enum ExperimentKind: genai_development, custom_model_development, ...);
+# MLflow's Python package has no constant for it. Model training is the second.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+DATASET_NAME = "CIFAR-10"
+SPLITS = (("train", "x_train", "y_train"), ("validation", "x_val", "y_val"), ("test", "x_test", "y_test"))
 STATE_TO_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "running": "RUNNING"}
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value's length
 BATCH_LIMIT = 100  # MLflow's limit on params per log_batch (metrics: 1000)
@@ -79,7 +100,7 @@ def _local_store(uri: str) -> Optional[Path]:
 
 def _git_commit() -> Optional[str]:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(search.__file__).parent,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
                              capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
@@ -87,14 +108,58 @@ def _git_commit() -> Optional[str]:
 
 
 def environment_tags(family: str, backend: str, device: str) -> dict[str, str]:
-    tags = {"blocksweep.model_family": family, "blocksweep.backend": backend,
-            "blocksweep.device": device, "blocksweep.version": search.__version__,
+    return {"blocksweep.model_family": family, "blocksweep.backend": backend,
+            "blocksweep.device": device, "blocksweep.version": __version__,
             # which process ran a run: with many workers on many machines, where to look
             "blocksweep.worker": f"{socket.gethostname()}:{os.getpid()}"}
-    commit = _git_commit()
-    if commit:
-        tags["blocksweep.git_commit"] = commit
+
+
+@functools.cache
+def run_context_tags() -> dict[str, str]:
+    """MLflow's standard tags for every run of this process: mlflow.user,
+    mlflow.source.name and .type, and mlflow.source.git.commit (and branch), as
+    `mlflow.start_run` resolves them, through MLflow's run-context registry (its plugins
+    included). Our runs are made by `MlflowClient.create_run`, which sets none of them.
+    MLflow reads the commit from the entry point's checkout; an installed `blocksweep`
+    script lives outside one, so the commit of this package's checkout fills in."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = dict(resolve_tags())
+    if MLFLOW_GIT_COMMIT not in tags:
+        commit = _git_commit()
+        if commit:
+            tags[MLFLOW_GIT_COMMIT] = commit
     return tags
+
+
+_INPUTS: dict[int, tuple] = {}  # id(splits) -> (weak reference, dataset inputs)
+
+
+def dataset_inputs(splits) -> list[DatasetInput]:
+    """A data split as MLflow dataset inputs, one per part: named CIFAR-10, its source the
+    folder the batches were read from, the context tag (`mlflow.data.context`) train,
+    validation or test, and its digest the first 8 hex digits (as long as MLflow's own)
+    of the SHA-256 of that part's images and labels as the model saw them (after the class
+    filter, subsets and normalisation). Hashing the full training split takes about a
+    second, so the inputs are kept per Splits object: a sweep hands the same one to every
+    trial. `splits` is a `search.data.Splits` (x_train, y_train, ..., source)."""
+    import mlflow.data
+
+    entry = _INPUTS.get(id(splits))
+    if entry is not None and entry[0]() is splits:
+        return entry[1]
+    source = Path(splits.source).resolve().as_uri() if splits.source else ""
+    inputs = []
+    for context, x, y in SPLITS:
+        features, targets = getattr(splits, x), getattr(splits, y)
+        with warnings.catch_warnings():  # MLflow registers two local-file sources and says so
+            warnings.simplefilter("ignore", UserWarning)
+            data = mlflow.data.from_numpy(features, source=source, targets=targets, name=DATASET_NAME,
+                                          digest=store.digest_arrays([features, targets])[:8])
+        inputs.append(DatasetInput(Dataset(**data.to_dict()), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    _INPUTS.clear()  # one split at a time is what sweeps use; keep memory flat
+    _INPUTS[id(splits)] = (weakref.ref(splits), inputs)
+    return inputs
 
 
 def current_uri() -> str:
@@ -142,6 +207,10 @@ class RunLog:
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def delete_tags(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.client.delete_tag(self.run_id, key)
+
     def log_epoch(self, epoch: int, metrics: dict[str, float], points: Iterable[tuple[int, float]] = ()) -> None:
         """One epoch's metrics (step = epoch) and the running-loss points (step = batch),
         in a single call."""
@@ -159,6 +228,30 @@ class RunLog:
 
     def log_file(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_splits(self, splits) -> None:
+        """The data split the run trained on, as dataset inputs (`dataset_inputs`)."""
+        self.client.log_inputs(self.run_id, datasets=dataset_inputs(splits))
+
+    @contextlib.contextmanager
+    def system_metrics(self, enabled: bool = True):
+        """While the block runs, MLflow's own system-metrics monitor logs into this run:
+        CPU and memory (psutil), disk and network, and per GPU its utilisation, memory and
+        power (NVML, from nvidia-ml-py, where a GPU is present), as `system/*` metrics every
+        $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds (MLflow's default: 10)."""
+        if not enabled:
+            yield
+            return
+        # The monitor `mlflow.start_run(log_system_metrics=True)` starts; that switch needs
+        # a fluent active run, which runs made by MlflowClient are not.
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, tracking_uri=self.client.tracking_uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
 
     def log_keras_model(self, model, name: str = "model.keras") -> None:
         """The model as a `.keras` file under the run's `model/` artifacts."""
@@ -233,6 +326,7 @@ class Tracker:
         local database that does not exist is refused instead of created empty, so a
         command run in the wrong folder leaves no mlruns/ behind."""
         self.uri = uri or default_tracking_uri()
+        urls.check_driver(self.uri, "--tracking-uri")
         db = urls.sqlite_path(self.uri)
         if not create and db is not None and not db.exists():
             raise UsageError(f"no sweeps in {self.uri}: no such MLflow database; run `blocksweep run SPACE.yaml` "
@@ -266,7 +360,7 @@ class Tracker:
         racing to create the same name, exactly one gets created=True."""
         try:
             exp_id = self.client.create_experiment(name, artifact_location=self._artifact_location(name),
-                                                   tags=tags)
+                                                   tags={**(tags or {}), EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             return exp_id, True
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(err).lower() \
@@ -280,6 +374,8 @@ class Tracker:
         if exp.lifecycle_stage == "deleted":
             raise UsageError(f"MLflow experiment {name!r} is deleted; restore it "
                              f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or pick another name")
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # made before Blocksweep set it, or by hand
+            self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id, False
 
     def _store_error(self, err: Exception) -> UsageError:
@@ -289,7 +385,7 @@ class Tracker:
 
     def start_run(self, experiment_id: str, name: str, tags: dict[str, Any],
                   parent_run_id: Optional[str] = None) -> RunLog:
-        tags = dict(tags)
+        tags = {**run_context_tags(), **tags}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()})

@@ -2,7 +2,9 @@
 cross-process locks that let many workers share one store.
 
 `redact(url)` hides a password in a URL before it is printed (prefer PGPASSWORD or
-~/.pgpass: libpq reads them, so no URL needs one). `exclusive(url, name)` holds a named
+~/.pgpass: libpq reads them, so no URL needs one). `check_driver(url, flag)` refuses, in
+one line naming the extra to install, a database URL whose driver is not installed (the
+PostgreSQL drivers are in the `[postgres]` extra, not in the core install). `exclusive(url, name)` holds a named
 lock that every process using the same database sees: a PostgreSQL advisory lock, a MySQL
 named lock, or an exclusive `flock` on a file beside an SQLite database. It guards two
 moments:
@@ -25,7 +27,11 @@ from pathlib import Path
 from typing import Iterator, Optional
 from urllib.parse import urlsplit, urlunsplit
 
+from search.errors import UsageError
 from search.tracking import store
+
+# The pip extra that brings each database's drivers (setup.cfg, [options.extras_require]).
+DRIVER_EXTRAS = {"postgresql": "postgres"}
 
 
 def kind(url: str) -> str:
@@ -40,6 +46,28 @@ def redact(url: str) -> str:
         return url
     netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
     return urlunsplit(parsed._replace(netloc=netloc))
+
+
+def check_driver(url: Optional[str], flag: str) -> None:
+    """A SQLAlchemy database URL whose driver cannot be imported is bad input: one line
+    naming the driver and the extra that installs it, before anything is opened. Other
+    URLs (servers, files) and URLs SQLAlchemy cannot parse pass (their opener says why)."""
+    if not url or kind(url) in ("sqlite", "http", "https", "file", "databricks") or "://" not in url:
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        dialect = make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        return
+    try:
+        dialect.import_dbapi()
+    except ImportError:
+        extra = DRIVER_EXTRAS.get(kind(url))
+        install = f"pip install 'blocksweep[{extra}]'" if extra else "install it"
+        raise UsageError(f"{flag} {redact(url)}: the {kind(url)} driver {dialect.driver!r} is not installed; "
+                         f"{install}") from None
 
 
 def lock_key(name: str) -> int:

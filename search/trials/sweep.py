@@ -37,6 +37,7 @@ class SweepOptions:
     max_failures: int = 5
     keep_models: str = "best"
     heartbeat: float = 10.0  # seconds between a running trial's heartbeats
+    system_metrics: bool = False  # MLflow's CPU/memory/GPU monitor on each trial's run
     quiet: bool = False
 
 
@@ -96,6 +97,7 @@ class Sweep:
     counts: Counts = field(default_factory=Counts)
     progress: Optional[Callable[["Sweep", int, TrialResult], None]] = None
     _splits: dict = field(default_factory=dict)
+    _best_run_id: Optional[str] = None  # the trial whose values the parent carries
 
     @property
     def objective(self):
@@ -119,7 +121,9 @@ class Sweep:
             raise UsageError(f"--study {o.study}: that study was swept by {engine}; give the {o.engine} "
                              "sweep another --study")
         self.experiment_id, self.parent_run_id, created = self.tracker.sweep_parent(o.study, tags, self.spec.text)
-        if not created:
+        if created:  # the data the sweep's trials share, so the parent's row names it too
+            self.tracker.run(self.parent_run_id).log_splits(self.splits_for(self.spec.base_config().data))
+        else:
             # Same study, different space file: say so in the parent rather than mix silently.
             parent = self.tracker.client.get_run(self.parent_run_id)
             if parent.data.tags.get("blocksweep.space_sha256") not in (None, self.spec.sha256):
@@ -181,16 +185,32 @@ class Sweep:
 
         extra = {f"param.{k}": v for k, v in flat.items()}
         return train_tracked(config, splits, child, report=report, keep_model=keep,
-                             title=f"{self.options.study} trial {number}", extra_params=extra)
+                             title=f"{self.options.study} trial {number}", extra_params=extra,
+                             system_metrics=self.options.system_metrics)
 
     def record_best(self, number: Optional[int], value: Optional[float], run_id: Optional[str]) -> None:
-        """Mirror the study's best-so-far into the parent run."""
+        """Mirror the study's best-so-far into the parent run. When the best trial changes,
+        the parent also takes on that trial's metrics (its latest values, under the same
+        names, at step = trial number) and searched values (tags `best.<name>`: MLflow's
+        parameters cannot change once logged), so the sweep's collapsed row in the UI
+        already says which configuration won, and with what."""
         if value is None or not math.isfinite(value):
             return
         parent = self.tracker.run(self.parent_run_id)
-        parent.log_metrics({"best_value": value}, step=number or 0)
-        parent.set_tags({"blocksweep.best_trial": number, "blocksweep.best_run_id": run_id or "",
-                         "blocksweep.best_value": f"{value:.6g}"})
+        tags = {"blocksweep.best_trial": number, "blocksweep.best_run_id": run_id or "",
+                "blocksweep.best_value": f"{value:.6g}"}
+        metrics = {"best_value": value}
+        if run_id and run_id != self._best_run_id:
+            best = self.tracker.get_run(run_id)
+            metrics.update({k: v for k, v in best.metrics.items() if not k.startswith("system/")})
+            tags.update({f"best.{name}": best.params.get(f"param.{name}", "")
+                         for name in best.tags.get("blocksweep.searched", "").split(",") if name})
+            # A conditional parameter the earlier best had and this one has not.
+            parent.delete_tags([k for k in self.tracker.get_run(self.parent_run_id).tags
+                                if k.startswith("best.") and k not in tags])
+            self._best_run_id = run_id
+        parent.log_metrics(metrics, step=number or 0)
+        parent.set_tags(tags)
 
     def record_counts(self, counts: dict) -> None:
         """The study's trial counts by state, as parent tags (all workers write the same)."""

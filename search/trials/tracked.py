@@ -2,8 +2,9 @@
 MLflow run. `blocksweep train`, every sweep trial and every `compare --repeat` seed go
 through `train_tracked`, so a single run and a trial look the same in MLflow.
 
-Logged: all config values as parameters (dotted names), the resolved config as
-`config.yaml`, the preprocessing constants as `preprocessing.json`, per-epoch metrics
+Logged: all config values as parameters (dotted names), the data split as dataset inputs
+(CIFAR-10, train/validation/test, with digests), the resolved config as `config.yaml`, the
+preprocessing constants as `preprocessing.json`, system metrics when asked, per-epoch metrics
 (one batched call per epoch), the results (best objective and epoch, test accuracy and
 loss, train time, images/s), the curves PNG, and the best epoch's model as `model/model.keras`.
 """
@@ -37,6 +38,7 @@ def log_inputs(run: RunLog, config, splits, extra_params: Optional[dict] = None)
     params.update({f"data.size.{k}": v for k, v in splits.sizes().items()})
     params.update(extra_params or {})
     run.log_params(params)
+    run.log_splits(splits)
     run.log_text(yaml.safe_dump(tree, sort_keys=False), "config.yaml")
     run.log_text(json.dumps(preprocessing(splits), indent=2), "preprocessing.json")
 
@@ -66,15 +68,17 @@ def log_results(run: RunLog, config, result: TrialResult, title: str = "") -> No
 
 def train_tracked(config, splits, run: RunLog, *, report=None, progress=None,
                   keep_model: Callable[[TrialResult], bool] = lambda result: True,
-                  title: str = "", extra_params: Optional[dict] = None) -> TrialResult:
-    """Train `config` into `run` and finish the run with the mirrored state.
+                  title: str = "", extra_params: Optional[dict] = None, system_metrics: bool = False) -> TrialResult:
+    """Train `config` into `run` and finish the run with the mirrored state; with
+    `system_metrics`, MLflow's monitor logs CPU, memory and GPU use into the run meanwhile.
 
     Exceptions from training (out of memory, an impossible architecture) become a FAILED
     result with the reason, recorded in the run; Ctrl-C marks the run failed and re-raises.
     """
     log_inputs(run, config, splits, extra_params)
     try:
-        result = train_and_evaluate(config, splits, report=report, on_epoch=run.log_epoch, progress=progress)
+        with run.system_metrics(system_metrics):
+            result = train_and_evaluate(config, splits, report=report, on_epoch=run.log_epoch, progress=progress)
     except KeyboardInterrupt:
         run.finish("failed", "interrupted by the user (Ctrl-C)")
         raise
