@@ -15,18 +15,30 @@ Layout, correct by construction:
 
 Everything goes through `MlflowClient` with explicit run ids (no global active run), so
 children can be logged from any thread or process. Each epoch is one `log_batch` call.
+
+A kept model is an MLflow model named `model` of its run (MLflow 3's logged model, with a
+signature and pinned requirements; its layout is in pyfunc_model.py), so MLflow's own
+`mlflow.register_model(f"runs:/{run_id}/model", name)`, the UI's "Register model" and
+`mlflow models serve` work on any kept run. MLflow 3 resolves `runs:/<run>/model` to the
+logged model of that name whose source run is `<run>`, searched in the run's experiment
+(mlflow/tracking/_model_registry/fluent.py: `register_model`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
+import json
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -52,6 +64,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 PARENT_TAG = "blocksweep.parent_run_id"  # experiment tag: the sweep's one parent run
+MODEL = "model"  # a kept model's name: runs:/<run id>/model
+CLASSIFIER = f"{MODEL}/data/classifier"  # its model.keras and classifier.json, as run artifacts
+LEGACY_MODEL = "model/model.keras"  # a kept model before models were MLflow models: a plain file
 STATE_TO_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "running": "RUNNING"}
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value's length
 BATCH_LIMIT = 100  # MLflow's limit on params per log_batch (metrics: 1000)
@@ -160,12 +175,38 @@ class RunLog:
     def log_file(self, path: str | Path, artifact_path: Optional[str] = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def log_keras_model(self, model, name: str = "model.keras") -> None:
-        """The model as a `.keras` file under the run's `model/` artifacts."""
+    def log_classifier(self, model, info: dict, layers_file: str | Path) -> str:
+        """Log `model` (raw pixels in, probabilities out) as this run's MLflow model `model`:
+        a pyfunc (pyfunc_model.py) with `info` (label_names, input_shape, the metric it
+        answers with) and `layers_file` (the module registering its custom layers) shipped
+        inside it. Returns the logged model's id.
+
+        The logged model is created in the run's experiment first: `Model.log` given only a
+        run id would create it in the default experiment (it reads the active experiment),
+        where `runs:/` does not look. Requirements are given, so MLflow does not load the
+        model in a subprocess to infer them; no input example, so it does not load it again
+        to validate one (together seconds per trial)."""
+        import mlflow.pyfunc
+        from mlflow.models import Model
+
+        run = self.client.get_run(self.run_id)
+        logged = self.client.create_logged_model(run.info.experiment_id, name=MODEL, source_run_id=self.run_id)
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            model.save(path)
-            self.client.log_artifact(self.run_id, str(path), "model")
+            data = Path(tmp) / "classifier"
+            data.mkdir()
+            model.save(data / "model.keras")
+            (data / "classifier.json").write_text(json.dumps(info, indent=2))
+            code = Path(tmp) / "code"
+            code.mkdir()
+            shutil.copy(Path(__file__).with_name("pyfunc_model.py"), code / "blocksweep_pyfunc.py")
+            shutil.copy(layers_file, code / "blocksweep_layers.py")
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*input_example.*")  # none on purpose (above)
+                Model.log(artifact_path=None, name=MODEL, flavor=mlflow.pyfunc, run_id=self.run_id,
+                          model_id=logged.model_id, loader_module="blocksweep_pyfunc", data_path=str(data),
+                          code_paths=[str(code / "blocksweep_pyfunc.py"), str(code / "blocksweep_layers.py")],
+                          signature=_signature(info), pip_requirements=requirements())
+        return logged.model_id
 
     def finish(self, state: str, reason: str = "") -> None:
         tags = {"blocksweep.state": state}
@@ -178,6 +219,26 @@ class RunLog:
 def _param_value(value: Any) -> str:
     text = str(list(value)) if isinstance(value, tuple) else str(value)
     return text if len(text) <= MAX_PARAM_VALUE else text[: MAX_PARAM_VALUE - 3] + "..."
+
+
+def _signature(info: dict):
+    """Images (n, h, w, 3) of float32 pixels 0..255 -> label, probability, one column per class."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    images = TensorSpec(np.dtype(np.float32), (-1, *info["input_shape"]))
+    answer = [ColSpec("string", "label"), ColSpec("double", "probability")]
+    return ModelSignature(Schema([images]), Schema(answer + [ColSpec("double", n) for n in info["label_names"]]))
+
+
+def requirements() -> list[str]:
+    """What the model needs, pinned to what this process runs: MLflow, Keras and its backend,
+    numpy and pandas (the pyfunc's answer)."""
+    import keras
+
+    backend = keras.backend.backend()
+    return [f"{name}=={_version(name)}" for name in ("mlflow", "keras", backend, "numpy", "pandas")]
 
 
 # --------------------------------------------------------------------------- read back
@@ -382,8 +443,6 @@ class Tracker:
         `model/` artifacts of kept trials with a worse objective are deleted and their tag
         says why. Several workers may do this at once; each only deletes what is worse
         than its own trial, so the best model always survives. Returns models dropped."""
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
         dropped = 0
         for run in self.children(exp_id, parent_run_id, "tags.`blocksweep.model` = 'kept'"):
             value = run.data.metrics.get("objective")
@@ -392,13 +451,38 @@ class Tracker:
             if not (value < objective if goal == "maximize" else value > objective):
                 continue
             try:
-                get_artifact_repository(run.info.artifact_uri).delete_artifacts("model")
+                self._drop_model(run)
                 note = f"dropped: run {best_run_id} is better (--keep-models best)"
             except Exception as err:  # a store that cannot delete: say so, keep going
                 note = f"not dropped ({err.__class__.__name__}); run {best_run_id} is better"
             self.run(run.info.run_id).set_tags({"blocksweep.model": note})
             dropped += 1
         return dropped
+
+    def _drop_model(self, run) -> None:
+        """Delete a run's kept model: the logged model (marked deleted, so `runs:/` no longer
+        finds it) and its files; a model kept before models were MLflow models is the run's
+        `model/` folder."""
+        # get_artifact_repository: MLflow's public way to reach an artifact URI's store; the
+        # client has no call that deletes artifacts.
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        for logged in self._logged_models(run.info.experiment_id, run.info.run_id):
+            self.client.delete_logged_model(logged.model_id)
+            get_artifact_repository(logged.artifact_location).delete_artifacts()
+        if any(a.path == MODEL for a in self.client.list_artifacts(run.info.run_id)):
+            get_artifact_repository(run.info.artifact_uri).delete_artifacts(MODEL)
+
+    def _logged_models(self, exp_id: str, run_id: str) -> list:
+        """The run's (undeleted) logged models named `model`: one, or none."""
+        query = f"name = '{MODEL}' AND source_run_id = '{run_id}'"
+        found, token = [], None
+        while True:
+            page = self.client.search_logged_models([exp_id], filter_string=query, page_token=token)
+            found.extend(page)
+            token = page.token
+            if not token:
+                return found
 
     def finish_parent(self, parent_run_id: str) -> None:
         self.client.set_terminated(parent_run_id, "FINISHED")
@@ -488,33 +572,46 @@ class Tracker:
         except (MlflowException, OSError) as err:
             raise UsageError(f"run {run_id}: cannot read its artifact {path} ({first_line(err, 200)})") from None
 
+    def kept_model(self, run: RunRecord) -> Optional[str]:
+        """What a run kept: "mlflow" (an MLflow model `model`), "file" (a plain `model.keras`,
+        from before models were MLflow models) or None."""
+        if self._logged_models(run.experiment_id, run.run_id):
+            return "mlflow"
+        return "file" if LEGACY_MODEL in self.artifact_paths(run.run_id, MODEL) else None
+
     def artifact_text(self, run_id: str, path: str) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             return self.download(run_id, path, tmp).read_text()
 
     # the model registry ------------------------------------------------------------
 
-    def register_keras_model(self, run_id: str, model, name: str, example, alias: str = "champion") -> dict:
-        """Log `model` as an MLflow Keras model of run `run_id` (with a signature inferred
-        from `example` and the model's output on it), register it as a new version of
-        `name` and point `alias` at that version. Works on the embedded SQLite store."""
-        import keras
-        import mlflow.keras
-        from mlflow.models import Model, infer_signature
-
-        signature = infer_signature(example, model.predict(example, verbose=0))
-        backend = keras.backend.backend()
-        # Given explicitly: inferring requirements loads the model in a subprocess (seconds).
-        requirements = [f"keras=={keras.__version__}", f"{backend}=={_version(backend)}"]
+    def register(self, run_id: str, name: str, alias: str = "champion") -> dict:
+        """Register the run's MLflow model as a new version of `name` (MLflow's own
+        `register_model` on `runs:/<run id>/model`, as a user would) and point `alias` at it.
+        Works on the embedded SQLite store."""
+        uri = f"runs:/{run_id}/{MODEL}"
         try:
-            info = Model.log(artifact_path=None, name="registered_model", flavor=mlflow.keras, model=model,
-                             run_id=run_id, signature=signature, registered_model_name=name,
-                             pip_requirements=requirements, await_registration_for=60)
-            version = str(info.registered_model_version)
-            self.client.set_registered_model_alias(name, alias, version)
+            # register_model prints its progress on stderr and warns that it registers the
+            # logged model (MLflow 3's way, above) rather than run artifacts: our commands print one line.
+            with contextlib.redirect_stderr(io.StringIO()), _quiet("mlflow.tracking._model_registry.fluent"):
+                version = mlflow.register_model(uri, name, await_registration_for=60)
+            self.client.set_registered_model_alias(name, alias, version.version)
         except MlflowException as err:
             raise UsageError(f"--register {name}: the model registry refused it ({first_line(err)})") from None
-        return {"name": name, "version": version, "alias": alias, "model_uri": f"models:/{name}@{alias}"}
+        return {"name": name, "version": str(version.version), "alias": alias, "model_uri": f"models:/{name}@{alias}",
+                "source": uri}
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """Only errors from `logger` while the block runs."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _version(package: str) -> str:

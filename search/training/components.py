@@ -1,6 +1,7 @@
 """What a trial is built from, whichever path trains it: the seed and precision policy,
 the network (with its data-dependent weights set), on-device augmentation, the loss and
-the optimizer with its learning-rate schedule.
+the optimizer with its learning-rate schedule; and what it hands over: the network wrapped
+into the model of raw pixels (search/models/classifier.py).
 
 Keras is imported at the top: import this module only after `search.backend.select()`
 has chosen the backend (the command line and the engines do).
@@ -24,6 +25,24 @@ def build_model(config, splits):
     net = models.build_model(config.model, splits.input_shape, splits.num_classes)
     models.fit_statistics(net, config.model, splits.x_train)
     return net
+
+
+def served(config) -> tuple[str, int]:
+    """(test metric, TTA level) of the model a trial hands over. It answers as the sweep
+    ranked: with the recipe's test-time augmentation when the objective is TTA accuracy
+    (its accuracy is then `test_tta_accuracy`), else with a plain forward pass
+    (`test_accuracy`)."""
+    if config.objective.metric == "val_tta_accuracy":
+        return "test_tta_accuracy", config.train.airbench.tta_level
+    return "test_accuracy", 0
+
+
+def classifier(config, splits, net):
+    """`net` as the model a user takes away: raw 0..255 pixels in (standardised inside with
+    the training split's constants), probabilities out, with TTA inside where `served` says."""
+    from search.models.classifier import wrap
+
+    return wrap(net, splits.mean, splits.std, served(config)[1])
 
 
 def augmentation(config, seed: int):
