@@ -48,7 +48,7 @@ def main() -> None:
     spent: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
     for name in ("log_params", "set_tags", "log_epoch", "log_metrics", "log_text", "log_file",
-                 "log_keras_model", "finish"):
+                 "log_classifier", "finish"):
         original = getattr(tracking.RunLog, name)
 
         @functools.wraps(original)

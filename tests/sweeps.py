@@ -24,9 +24,6 @@ def sweep_runs(tracking_uri: str, study: str):
     return client, parents, children
 
 
-KEPT_KERAS = "model/data/classifier/model.keras"  # a kept model's Keras file, through runs:/<run>/model
-
-
 def kept_models(client, run) -> list:
     """The logged MLflow models named `model` whose source is `run` (a kept model: one)."""
     return [m for m in client.search_logged_models([run.info.experiment_id], filter_string="name = 'model'")
@@ -34,9 +31,15 @@ def kept_models(client, run) -> list:
 
 
 def kept_keras(client, run_id: str, where) -> str:
-    """Download a run's kept model.keras (raw pixels in) into `where`; its local path."""
+    """Download a run's kept model.keras (raw pixels in) into `where`; its local path.
+    From the logged model's own location: MLflow 3.17.2 would resolve runs:/<run>/model/...
+    through the test process's global tracking URI (search/tracking/tracker.py: download_kept)."""
+    import mlflow
+
+    (logged,) = kept_models(client, client.get_run(run_id))
+    uri = f"{logged.artifact_location}/data/classifier/model.keras"
     Path(where).mkdir(parents=True, exist_ok=True)
-    return client.download_artifacts(run_id, KEPT_KERAS, str(where))
+    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(where), tracking_uri=client.tracking_uri)
 
 
 def optuna_study(study: str, storage: str = "sqlite:///mlruns/optuna.db"):

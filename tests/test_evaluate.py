@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -85,3 +86,38 @@ def test_a_model_that_is_not_there_is_one_line_and_exit_2(cli, capsys, write_spa
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("blocksweep: error:")
     for word in words:
         assert word in err
+
+
+def test_a_run_kept_before_models_were_mlflow_models_evaluates_exports_and_registers(cli, capsys, trained_run,
+                                                                                     tiny_cifar, tracking_uri,
+                                                                                     tmp_path):
+    """Runs used to keep a plain model/model.keras (the bare network) beside their
+    preprocessing.json: evaluate wraps it and gives the recorded accuracy; export
+    --register logs it as the run's MLflow model first, and that registers and loads."""
+    import mlflow
+
+    from search.models import load_model
+    from search.models.classifier import network
+    from tests.sweeps import kept_keras, kept_models
+
+    client = MlflowClient(tracking_uri)
+    source = trained_run.info.run_id
+    old = client.create_run(trained_run.info.experiment_id, run_name="kept-before").info.run_id
+    for artifact in ("config.yaml", "preprocessing.json"):
+        client.log_artifact(old, client.download_artifacts(source, artifact, str(tmp_path)))
+    network(load_model(kept_keras(client, source, tmp_path / "new"))).save(tmp_path / "model.keras")
+    client.log_artifact(old, str(tmp_path / "model.keras"), "model")
+    client.log_metric(old, "test_accuracy", trained_run.data.metrics["test_accuracy"])
+    client.set_terminated(old)
+
+    assert cli("evaluate", "--model", old, "--data-dir", tiny_cifar, "--json", "--out", tmp_path / "eval") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["accuracy"] == pytest.approx(trained_run.data.metrics["test_accuracy"], abs=1e-6)
+    assert not kept_models(client, client.get_run(old))  # reading it changed nothing
+    assert cli("export", "--run", old, "--out", tmp_path / "export", "--register", "kept-before", "--quiet") == 0
+    (logged,) = kept_models(client, client.get_run(old))
+    mlflow.set_tracking_uri(tracking_uri)
+    assert client.get_model_version_by_alias("kept-before", "champion").source == f"models:/{logged.model_id}"
+    answer = mlflow.pyfunc.load_model("models:/kept-before@champion").predict(
+        np.full((2, 32, 32, 3), 100.0, np.float32))
+    assert list(answer.columns[:2]) == ["label", "probability"] and len(answer) == 2

@@ -144,14 +144,12 @@ def read_folder(folder: Path, flag: str) -> Kept:
 
 def read_run(tracker, run, dst: Path, flag: str = "--run") -> Kept:
     """The kept model of `run` (a RunRecord), downloaded into `dst`; UsageError if it kept none."""
-    from search.tracking.tracker import CLASSIFIER
-
     kind = tracker.kept_model(run)
     if kind is None:
         raise UsageError(f"{flag} {run.run_id}: the run kept no model (a sweep keeps the best trials' models; "
                          "see --keep-models)")
     if kind == "mlflow":
-        return read_folder(tracker.download(run.run_id, CLASSIFIER, dst), flag)
+        return read_folder(tracker.download_kept(run, dst), flag)
     folder = dst / "kept"
     for artifact in LEGACY_FILES:
         path = tracker.download(run.run_id, artifact, dst / "download")

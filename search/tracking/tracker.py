@@ -65,8 +65,8 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 PARENT_TAG = "blocksweep.parent_run_id"  # experiment tag: the sweep's one parent run
 MODEL = "model"  # a kept model's name: runs:/<run id>/model
-CLASSIFIER = f"{MODEL}/data/classifier"  # its model.keras and classifier.json, as run artifacts
-LEGACY_MODEL = "model/model.keras"  # a kept model before models were MLflow models: a plain file
+CLASSIFIER = "data/classifier"  # in a kept model: model.keras and classifier.json
+LEGACY_MODEL = "model/model.keras"  # a kept model before models were MLflow models: a run's plain file
 STATE_TO_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "running": "RUNNING"}
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value's length
 BATCH_LIMIT = 100  # MLflow's limit on params per log_batch (metrics: 1000)
@@ -137,6 +137,46 @@ def fetch_run_files(run_id: str, paths: Iterable[str], dst: str | Path, uri: Opt
         except (MlflowException, OSError):
             found[path] = None
     return found
+
+
+def logged_models(client: MlflowClient, exp_id: str, run_id: str) -> list:
+    """A run's (undeleted) logged models named `model`: its kept model, or nothing."""
+    query = f"name = '{MODEL}' AND source_run_id = '{run_id}'"
+    found, token = [], None
+    while True:
+        page = client.search_logged_models([exp_id], filter_string=query, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def download_kept(client: MlflowClient, run, dst: str | Path) -> Optional[Path]:
+    """The kept model's data/classifier folder (model.keras, classifier.json) of an MLflow
+    run, downloaded into `dst`; None when the run has no MLflow model.
+
+    Read from the logged model's own artifact location: MLflow 3.17.2 resolves
+    `runs:/<run>/model/...` through a client of the process's global tracking URI
+    (mlflow/store/artifact/models_artifact_repo.py: `_get_model_uri_infos`), not the
+    client's, so a process reading another store would not find the model."""
+    found = logged_models(client, run.info.experiment_id, run.info.run_id)
+    if not found:
+        return None
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    uri = f"{found[0].artifact_location.rstrip('/')}/{CLASSIFIER}"
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=client.tracking_uri))
+
+
+def fetch_kept_keras(run_id: str, dst: str | Path, uri: Optional[str] = None, what: str = "run") -> Optional[Path]:
+    """The kept model.keras of a run (its MLflow model's, or the plain file of a run kept
+    before models were MLflow models), downloaded into `dst`; None when it kept none."""
+    uri = uri or current_uri()
+    fetch_run_files(run_id, [], dst, uri, what)  # the run exists, or a UsageError naming `what`
+    client = MlflowClient(tracking_uri=uri)
+    folder = download_kept(client, client.get_run(run_id), Path(dst) / "kept")
+    if folder is not None:
+        return folder / "model.keras"
+    return fetch_run_files(run_id, [LEGACY_MODEL], dst, uri, what)[LEGACY_MODEL]
 
 
 # --------------------------------------------------------------------------- one run
@@ -467,22 +507,11 @@ class Tracker:
         # client has no call that deletes artifacts.
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        for logged in self._logged_models(run.info.experiment_id, run.info.run_id):
+        for logged in logged_models(self.client, run.info.experiment_id, run.info.run_id):
             self.client.delete_logged_model(logged.model_id)
             get_artifact_repository(logged.artifact_location).delete_artifacts()
         if any(a.path == MODEL for a in self.client.list_artifacts(run.info.run_id)):
             get_artifact_repository(run.info.artifact_uri).delete_artifacts(MODEL)
-
-    def _logged_models(self, exp_id: str, run_id: str) -> list:
-        """The run's (undeleted) logged models named `model`: one, or none."""
-        query = f"name = '{MODEL}' AND source_run_id = '{run_id}'"
-        found, token = [], None
-        while True:
-            page = self.client.search_logged_models([exp_id], filter_string=query, page_token=token)
-            found.extend(page)
-            token = page.token
-            if not token:
-                return found
 
     def finish_parent(self, parent_run_id: str) -> None:
         self.client.set_terminated(parent_run_id, "FINISHED")
@@ -575,9 +604,16 @@ class Tracker:
     def kept_model(self, run: RunRecord) -> Optional[str]:
         """What a run kept: "mlflow" (an MLflow model `model`), "file" (a plain `model.keras`,
         from before models were MLflow models) or None."""
-        if self._logged_models(run.experiment_id, run.run_id):
+        if logged_models(self.client, run.experiment_id, run.run_id):
             return "mlflow"
         return "file" if LEGACY_MODEL in self.artifact_paths(run.run_id, MODEL) else None
+
+    def download_kept(self, run: RunRecord, dst: str | Path) -> Path:
+        """The run's kept MLflow model's data/classifier folder, downloaded into `dst`."""
+        folder = download_kept(self.client, self.client.get_run(run.run_id), dst)
+        if folder is None:
+            raise UsageError(f"run {run.run_id}: it kept no MLflow model")
+        return folder
 
     def artifact_text(self, run_id: str, path: str) -> str:
         with tempfile.TemporaryDirectory() as tmp:

@@ -220,16 +220,14 @@ def _keras_file(config, path: Path, kind: str, spec: Optional[str] = None, descr
 
 
 def _run(config, tracking_uri: Optional[str]) -> Source:
-    from search.tracking.tracker import CLASSIFIER, LEGACY_MODEL, fetch_run_files
+    from search.tracking.tracker import fetch_kept_keras
 
-    kept = f"{CLASSIFIER}/{KERAS_FILE}"
     with tempfile.TemporaryDirectory() as tmp:
-        found = fetch_run_files(config.weights, [kept, LEGACY_MODEL], tmp, tracking_uri, what="model.weights")
-        artifact = kept if found[kept] is not None else LEGACY_MODEL
-        if found[artifact] is None:
+        path = fetch_kept_keras(config.weights, tmp, tracking_uri, what="model.weights")
+        if path is None:
             raise UsageError(f"model.weights {config.weights}: the run kept no model "
                              "(a sweep keeps the best trials' models; see --keep-models)")
-        return _keras_file(config, found[artifact], "run", description=f"run {config.weights} ({artifact})")
+        return _keras_file(config, path, "run", description=f"run {config.weights} (its kept model)")
 
 
 # --------------------------------------------------------------------------- the source task
