@@ -155,4 +155,6 @@ def read_run(tracker, run, dst: Path, flag: str = "--run") -> Kept:
         path = tracker.download(run.run_id, artifact, dst / "download")
         folder.mkdir(parents=True, exist_ok=True)
         path.replace(folder / path.name)
-    return read_folder(folder, flag)
+    kept = read_folder(folder, flag)
+    kept.info["accuracy"] = run.metrics.get(kept.info["metric"])  # what the run recorded for it
+    return kept

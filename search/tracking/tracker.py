@@ -231,6 +231,7 @@ class RunLog:
 
         run = self.client.get_run(self.run_id)
         logged = self.client.create_logged_model(run.info.experiment_id, name=MODEL, source_run_id=self.run_id)
+        mlflow.set_tracking_uri(self.client.tracking_uri)  # Model.log writes through the global URI
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "classifier"
             data.mkdir()
@@ -626,6 +627,7 @@ class Tracker:
         `register_model` on `runs:/<run id>/model`, as a user would) and point `alias` at it.
         Works on the embedded SQLite store."""
         uri = f"runs:/{run_id}/{MODEL}"
+        mlflow.set_tracking_uri(self.uri)  # register_model reads the global URI (and the registry's beside it)
         try:
             # register_model prints its progress on stderr and warns that it registers the
             # logged model (MLflow 3's way, above) rather than run artifacts: our commands print one line.
