@@ -279,10 +279,10 @@ def cmd_export(args) -> int:
 def cmd_predict(args) -> int:
     from search.artifacts.predict import predict
 
-    s = predict(args.model, args.images, backend_name=args.backend)
-    lines = [f"{args.model}: {s['answers']}"]
-    lines += [f"{r['image']}: {r['label']} ({r['probability']:.3f})" for r in s["predictions"]]
-    _print(args, s, "\n".join(lines))
+    rows = predict(args.model, args.images, backend_name=args.backend)
+    lines = [f"{args.model}: {rows[0]['answers']}"]  # which recorded metric the answers reproduce
+    lines += [f"{r['image']}: {r['label']} ({r['probability']:.3f})" for r in rows]
+    _print(args, rows, "\n".join(lines))
     return 0
 
 

@@ -51,9 +51,19 @@ class Source:
 
 def evaluate(model: str, *, data_dir: Optional[str] = None, out: Optional[str] = None,
              tracking_uri: Optional[str] = None, backend_name: Optional[str] = None) -> dict:
-    """Evaluate `model` (a path or an MLflow run id) on the test set; write the confusion
-    matrix and the numbers into `out` (default evaluation/<name>/); log them into the run
-    when the model came from one. Returns the summary (the metric, per class, paths)."""
+    """`blocksweep evaluate`: a saved model on the test set; the confusion matrix and the
+    numbers go into `out`, and into the run when the model came from one.
+
+    Args:
+        model: a .keras file, a folder holding model.keras (an export), or an MLflow run id.
+        data_dir, tracking_uri, backend_name: as for `train`.
+        out: the folder for confusion_matrix.png and evaluation.json (default evaluation/<name>/).
+
+    Returns:
+        The summary the command prints: metric (test_accuracy, or test_tta_accuracy),
+        accuracy, recorded (the run's value of that metric), how, images, per_class, png,
+        run_id, logged_to_run, ...
+    """
     with tempfile.TemporaryDirectory() as tmp:
         tracker = None
         if not Path(model).exists():

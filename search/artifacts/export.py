@@ -98,9 +98,24 @@ def choose_run(tracker, study: Optional[str], run_id: Optional[str]):
 def export(*, study: Optional[str] = None, run_id: Optional[str] = None, out: str | Path, fmt: str = "keras",
            register: Optional[str] = None, alias: str = "champion", tracking_uri: Optional[str] = None,
            backend_name: Optional[str] = None, storage: Optional[str] = None) -> dict:
-    """Write the export folder `out` (see the module docstring); returns the summary.
-    The best trial is chosen from MLflow; `storage`, when given with `study`, must hold
-    that Optuna study (a check that the two stores describe the same sweep)."""
+    """`blocksweep export`: write the export folder `out` (see the module docstring).
+
+    Args:
+        study: export this study's best completed trial (default: the store's only study).
+        run_id: instead, this run's model.
+        out: the folder to write (created; must be empty).
+        fmt: ``keras``; ``savedmodel`` or ``onnx`` add a TF SavedModel or an ONNX file.
+        register: also register the run's MLflow model as a new version of this name...
+        alias: ...and point this alias at it (default ``champion``).
+        tracking_uri, backend_name: the MLflow store and the Keras backend.
+        storage: an Optuna storage that must hold `study` (a check that the two stores
+            describe the same sweep; the best trial is chosen from MLflow).
+
+    Returns:
+        The summary the command prints: source, run_id, metric, objective, best_epoch,
+        out, files (the names written), registered (with `register`), answers (the test
+        metric the model's answers reproduce, its recorded value, the TTA level).
+    """
     out = Path(out)
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")

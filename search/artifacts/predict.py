@@ -72,16 +72,23 @@ def _colour_mode(img) -> str:
     return img.mode
 
 
-def predict(model_dir: str | Path, images: list[str], backend_name: Optional[str] = None) -> dict:
-    """Classify image files with an export folder. Returns how the model answers (its test
-    metric and TTA level, with the metric's recorded value) and one row per image: label,
-    class index, probability, and every class's probability."""
-    from search.artifacts.kept import MODEL_FILE, folder_info, open_folder
+def predict(model_dir: str | Path, images: list[str], backend_name: Optional[str] = None) -> list[dict]:
+    """`blocksweep predict`: classify PNG/JPEG files with an export folder.
 
-    folder = Path(model_dir)
-    flag = f"--model {model_dir}"
-    if not folder.is_dir() or not (folder / MODEL_FILE).is_file():
-        raise UsageError(f"{flag}: not an export folder (needs {MODEL_FILE}; write one with `blocksweep export`)")
+    Args:
+        model_dir: a folder written by `export` (model.keras, classifier.json; or, written
+            before models took raw pixels, model.keras and preprocessing.json).
+        images: the image files' paths.
+        backend_name: the Keras backend (default: as for `train`).
+
+    Returns:
+        One dict per image: image, label, class index, probability, every class's
+        probability, and the recorded test metric the model's answers reproduce (`metric`:
+        test_accuracy, or test_tta_accuracy with `tta_level` > 0; `answers` says it in words).
+    """
+    from search.artifacts.kept import folder_info, open_folder
+
+    folder, flag = _export_folder(model_dir)
     info = folder_info(folder, flag)
     height, width = info["input_shape"][:2]
     pixels = load_images(images, (height, width))  # every file checked before the model loads
@@ -89,9 +96,17 @@ def predict(model_dir: str | Path, images: list[str], backend_name: Optional[str
     kept = open_folder(folder, info, flag)
     probabilities = np.asarray(kept.model.predict(pixels, verbose=0), dtype=float)
     names = info["label_names"]
-    rows = [{"image": str(path), "label": names[int(p.argmax())], "class_index": int(p.argmax()),
-             "probability": float(p.max()), "probabilities": dict(zip(names, map(float, p)))}
+    return [{"image": str(path), "label": names[int(p.argmax())], "class_index": int(p.argmax()),
+             "probability": float(p.max()), "probabilities": dict(zip(names, map(float, p))),
+             "metric": info["metric"], "tta_level": info.get("tta_level", 0), "answers": kept.describe()}
             for path, p in zip(images, probabilities)]
-    return {"model": str(model_dir), "metric": info["metric"], "tta_level": info.get("tta_level", 0),
-            "accuracy": info.get("accuracy"), "answers": kept.describe(), "wrapped_here": kept.wrapped_here,
-            "predictions": rows}
+
+
+def _export_folder(model_dir) -> tuple[Path, str]:
+    from search.artifacts.kept import MODEL_FILE
+
+    folder = Path(model_dir)
+    flag = f"--model {model_dir}"
+    if not folder.is_dir() or not (folder / MODEL_FILE).is_file():
+        raise UsageError(f"{flag}: not an export folder (needs {MODEL_FILE}; write one with `blocksweep export`)")
+    return folder, flag
