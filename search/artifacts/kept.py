@@ -104,13 +104,13 @@ def read_config(path: Path, flag: str) -> Optional[dict]:
 
 def legacy_info(prep: dict, config: Optional[dict], flag: str) -> dict:
     """classifier.json of a model kept before raw-pixel models: the test metric and TTA its
-    trial's config implies (`training.components.served`), or a plain pass without a config."""
+    trial's config implies (`training.results.served`), or a plain pass without a config."""
     metric, tta_level = "test_accuracy", 0
     if config is not None:
         from pydantic import ValidationError
 
         from search.config import run_config_from_dict
-        from search.training.components import served
+        from search.training.results import served
 
         try:
             metric, tta_level = served(run_config_from_dict(config))

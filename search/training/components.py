@@ -27,20 +27,11 @@ def build_model(config, splits):
     return net
 
 
-def served(config) -> tuple[str, int]:
-    """(test metric, TTA level) of the model a trial hands over. It answers as the sweep
-    ranked: with the recipe's test-time augmentation when the objective is TTA accuracy
-    (its accuracy is then `test_tta_accuracy`), else with a plain forward pass
-    (`test_accuracy`)."""
-    if config.objective.metric == "val_tta_accuracy":
-        return "test_tta_accuracy", config.train.airbench.tta_level
-    return "test_accuracy", 0
-
-
 def classifier(config, splits, net):
     """`net` as the model a user takes away: raw 0..255 pixels in (standardised inside with
     the training split's constants), probabilities out, with TTA inside where `served` says."""
     from search.models.classifier import wrap
+    from search.training.results import served
 
     return wrap(net, splits.mean, splits.std, served(config)[1])
 

@@ -37,7 +37,7 @@ from search.training.results import TrialResult, TrialState
 def classifier_info(config, splits, result: TrialResult) -> dict:
     """What the kept model says of itself (classifier.json): its classes in output order,
     the images it takes, and the test metric its answers reproduce (with its value)."""
-    from search.training.components import served
+    from search.training.results import served
 
     metric, tta_level = served(config)
     return {"label_names": list(splits.label_names), "input_shape": list(splits.input_shape),
