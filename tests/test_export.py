@@ -304,8 +304,8 @@ def test_register_versions_the_runs_own_model_with_a_signature_and_an_alias(cli,
     assert cli("export", "--study", tiny_sweep.study, "--tracking-uri", tiny_sweep.tracking_uri, "--out",
                tmp_path / "again", "--register", "tiny-champion", "--alias", "staging") == 0
     assert "registered tiny-champion version 2 as 'staging'" in capsys.readouterr().out
-    assert client.get_model_version_by_alias("tiny-champion", "staging").version == "2"
-    assert client.get_model_version_by_alias("tiny-champion", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("tiny-champion", "staging").version) == "2"
+    assert str(client.get_model_version_by_alias("tiny-champion", "champion").version) == "1"
 
 
 def test_savedmodel_export_serves_the_same_predictions(cli, exported, tiny_sweep, tmp_path):
