@@ -49,7 +49,7 @@ def main() -> None:
     calls: dict[str, int] = defaultdict(int)
     timed_methods = [(tracking.RunLog, name) for name in (
         "log_params", "set_tags", "delete_tags", "log_epoch", "log_metrics", "log_text", "log_file", "log_splits",
-        "log_keras_model", "finish")] + [(tracking.Tracker, name) for name in ("start_run", "get_run")]
+        "log_classifier", "finish")] + [(tracking.Tracker, name) for name in ("start_run", "get_run")]
     for cls, name in timed_methods:
         original = getattr(cls, name)
 

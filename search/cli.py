@@ -151,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("keras", "savedmodel", "onnx"), default="keras",
                    help="also write a TF SavedModel or an ONNX file (model.keras is always written)")
     p.add_argument("--register", metavar="MODEL_NAME",
-                   help="register in the MLflow Model Registry and set the alias 'champion'")
+                   help="register the run's MLflow model as a new version of MODEL_NAME and set --alias on it")
+    p.add_argument("--alias", default="champion",
+                   help="the registered version's alias (default: champion; serve it as models:/MODEL_NAME@ALIAS)")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="Keras backend (savedmodel needs tensorflow)")
     p.add_argument("--storage", help="Optuna storage that must hold --study (a cross-check; the best trial is "
                                      "read from MLflow)")
@@ -160,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", parents=[_common(data=False, training=False)],
                        help="classify PNG/JPEG images with an exported model")
     p.add_argument("--model", required=True, metavar="DIR", help="a folder written by `blocksweep export`")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files, RGB (resized to the model's size)")
     p.add_argument("--backend", choices=BACKENDS, default=None)
     p.set_defaults(func=cmd_predict)
 
@@ -272,12 +274,13 @@ def cmd_export(args) -> int:
     from search.artifacts.export import export
 
     s = export(study=args.study, run_id=args.run, out=args.out, fmt=args.format, register=args.register,
-               tracking_uri=args.tracking_uri, backend_name=args.backend, storage=args.storage)
+               alias=args.alias, tracking_uri=args.tracking_uri, backend_name=args.backend, storage=args.storage)
     value = f"{s['objective']:.4f}" if s["objective"] is not None else "n/a"
     line = (f"exported {s['source']} (run {s['run_id']}, {s['metric']} {value} at epoch {s['best_epoch']}) "
             f"to {s['out']}: {', '.join(s['files'])}")
     if s.get("registered"):
-        line += f"; registered {s['registered']['name']} version {s['registered']['version']} as 'champion'"
+        r = s["registered"]
+        line += f"; registered {r['name']} version {r['version']} as '{r['alias']}' ({r['model_uri']})"
     _print(args, s, line)
     return 0
 
@@ -286,8 +289,9 @@ def cmd_predict(args) -> int:
     from search.artifacts.predict import predict
 
     rows = predict(args.model, args.images, backend_name=args.backend)
-    lines = "\n".join(f"{r['image']}: {r['label']} ({r['probability']:.3f})" for r in rows)
-    _print(args, rows, lines)
+    lines = [f"{args.model}: {rows[0]['answers']}"]  # which recorded metric the answers reproduce
+    lines += [f"{r['image']}: {r['label']} ({r['probability']:.3f})" for r in rows]
+    _print(args, rows, "\n".join(lines))
     return 0
 
 
@@ -309,9 +313,10 @@ def cmd_evaluate(args) -> int:
     s = evaluate(args.model, data_dir=args.data_dir, out=args.out, tracking_uri=args.tracking_uri,
                  backend_name=args.backend)
     logged = f"; logged to run {s['run_id']}" if s["logged_to_run"] else ""
+    recorded = f", recorded {s['recorded']:.4f}" if s["recorded"] is not None else ""
     width = max(len(name) for name in s["per_class"])
     per_class = "".join(f"\n  {name:<{width}}  {accuracy:.4f}" for name, accuracy in s["per_class"].items())
-    _print(args, s, f"{args.model}: test accuracy {s['accuracy']:.4f} on {s['images']} images; "
+    _print(args, s, f"{args.model}: {s['metric']} {s['accuracy']:.4f} on {s['images']} images ({s['how']}{recorded}); "
                     f"confusion matrix {s['png']}{logged}{per_class}")
     return 0
 

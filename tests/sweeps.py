@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
@@ -21,6 +22,24 @@ def sweep_runs(tracking_uri: str, study: str):
     parents = [r for r in runs if r.data.tags.get("blocksweep.role") == "parent"]
     children = [r for r in runs if r.data.tags.get("blocksweep.role") == "trial"]
     return client, parents, children
+
+
+def kept_models(client, run) -> list:
+    """The logged MLflow models named `model` whose source is `run` (a kept model: one)."""
+    return [m for m in client.search_logged_models([run.info.experiment_id], filter_string="name = 'model'")
+            if m.source_run_id == run.info.run_id]
+
+
+def kept_keras(client, run_id: str, where) -> str:
+    """Download a run's kept model.keras (raw pixels in) into `where`; its local path.
+    From the logged model's own location: MLflow 3.17.2 would resolve runs:/<run>/model/...
+    through the test process's global tracking URI (search/tracking/tracker.py: download_kept)."""
+    import mlflow
+
+    (logged,) = kept_models(client, client.get_run(run_id))
+    uri = f"{logged.artifact_location}/data/classifier/model.keras"
+    Path(where).mkdir(parents=True, exist_ok=True)
+    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(where), tracking_uri=client.tracking_uri)
 
 
 def optuna_study(study: str, storage: str = "sqlite:///mlruns/optuna.db"):

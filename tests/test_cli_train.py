@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 
+import mlflow
 import pytest
+from mlflow.models import get_model_info
 from mlflow.tracking import MlflowClient
+
+from tests.sweeps import kept_keras, kept_models
 
 
 def only_run(tracking_uri, experiment="tiny-train"):
@@ -35,8 +39,13 @@ def test_train_logs_one_complete_run(cli, capsys, write_space, tiny_cifar, track
     assert [m.step for m in history] == [1, 2]
     assert client.get_metric_history(run.info.run_id, "train_loss_window")
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "preprocessing.json", "curves.png", "space.yaml", "model"} <= artifacts
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.keras"]
+    assert {"config.yaml", "preprocessing.json", "curves.png", "space.yaml"} <= artifacts
+    # the kept model is the run's MLflow model `model` (a python_function with a signature)
+    (logged,) = kept_models(client, run)
+    mlflow.set_tracking_uri(tracking_uri)
+    info = get_model_info(f"runs:/{run.info.run_id}/model")
+    assert info.model_id == logged.model_id and "python_function" in info.flavors
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "float32", "shape": (-1, 32, 32, 3)}
 
 
 def test_train_json_summary(cli, capsys, write_space, tiny_cifar, tracking_uri):
@@ -52,9 +61,9 @@ def test_logged_model_loads_safely_and_predicts(cli, capsys, write_space, tiny_c
 
     assert cli("train", write_space(), "--data-dir", tiny_cifar, "--quiet") == 0
     client, run = only_run(tracking_uri)
-    path = client.download_artifacts(run.info.run_id, "model/model.keras", str(tmp_path))
-    model = keras.models.load_model(path, safe_mode=True)
-    assert model.predict(np.zeros((2, 32, 32, 3), "float32"), verbose=0).shape == (2, 10)
+    model = keras.models.load_model(kept_keras(client, run.info.run_id, tmp_path), safe_mode=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    assert model.predict(pixels, verbose=0).shape == (2, 10)
 
 
 def test_failed_training_exits_1_with_the_reason(cli, capsys, write_space, tiny_cifar, tracking_uri):
@@ -105,7 +114,7 @@ def test_quickstart_trains_on_real_cifar10(cli, capsys, real_cifar, tracking_uri
     assert summary["objective"] > 0.2  # two epochs on 2,000 real images: well above chance
     client, run = only_run(tracking_uri, "quickstart-train")
     assert run.data.params["data.size.train"] == "2000"
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"curves.png", "model"}
+    assert "curves.png" in {a.path for a in client.list_artifacts(run.info.run_id)} and kept_models(client, run)
 
 
 def test_bad_input_found_late_is_still_one_line_in_a_fresh_process(workdir, write_space, tiny_cifar, tracking_uri):

@@ -1,13 +1,17 @@
 """`blocksweep export` and `predict`: the exported folder, the best epoch's weights, a
-round trip through a fresh process, predictions on PNG/JPEG files, the registry alias,
-the other formats, and one clear line for what cannot be exported."""
+round trip through a fresh process, predictions on PNG/JPEG files (raw pixels into the
+model), exports written before models took raw pixels, the registry alias, the other
+formats, and one clear line for what cannot be exported or read."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +21,10 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import cli_env
 from tests.layout import Trial, make_study
+from tests.sweeps import kept_keras
 
-FILES = ["config.yaml", "labels.txt", "metrics.json", "model.keras", "model.weights.h5", "preprocessing.json"]
+FILES = ["classifier.json", "config.yaml", "labels.txt", "metrics.json", "model.keras", "model.weights.h5",
+         "preprocessing.json"]
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +37,14 @@ def exported(tiny_sweep, tmp_path_factory) -> dict:
 
 
 def logged_model(tiny_sweep, run_id: str, where: Path):
+    """The run's kept model (raw pixels in), as MLflow holds it."""
     import keras
 
-    path = MlflowClient(tiny_sweep.tracking_uri).download_artifacts(run_id, "model/model.keras", str(where))
-    return keras.models.load_model(path, safe_mode=True)
+    return keras.models.load_model(kept_keras(MlflowClient(tiny_sweep.tracking_uri), run_id, where), safe_mode=True)
+
+
+def raw_pixels(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
 
 
 def one_line_error(capsys) -> str:
@@ -59,27 +69,33 @@ def test_export_writes_the_best_trial_with_its_config_constants_labels_and_metri
                                                              str(tmp_path))).read_text())
     assert len(prep["mean"]) == len(prep["std"]) == 3 and prep["input_shape"] == [32, 32, 3]
     assert (folder / "labels.txt").read_text().splitlines() == prep["label_names"]
+    info = json.loads((folder / "classifier.json").read_text())
+    assert info["label_names"] == prep["label_names"] and info["input_shape"] == [32, 32, 3]
+    assert info["metric"] == "test_accuracy" and info["tta_level"] == 0  # the tiny space ranks by val_accuracy
+    assert info["accuracy"] == run.data.metrics["test_accuracy"]
+    assert exported["answers"] == {"metric": "test_accuracy", "accuracy": info["accuracy"], "tta_level": 0}
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert str(config["train"]["learning_rate"]) == run.data.params["train.learning_rate"]
 
 
 def test_the_exported_model_round_trips_in_a_fresh_process(exported, tiny_sweep, tmp_path):
-    x = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype("float32")
+    x = raw_pixels(8, 0)
     np.save(tmp_path / "x.npy", x)
     script = textwrap.dedent("""
         import json, sys
-        import keras, numpy as np, yaml
+        import numpy as np, yaml
         from search.config import run_config_from_dict
-        from search.models import build_model
+        from search.models import build_model, load_model
         folder, x = sys.argv[1], np.load(sys.argv[2])
-        model = keras.models.load_model(f"{folder}/model.keras", safe_mode=True)
-        np.save(sys.argv[3], model.predict(x, verbose=0))
-        # the weights file and the config alone rebuild the same network
+        model = load_model(f"{folder}/model.keras")  # safe_mode=True, our layers registered
+        np.save(sys.argv[3], model.predict(x, verbose=0))  # uint8 pixels straight in
+        # the weights file and the config alone rebuild the network, which takes standardised images
         config = run_config_from_dict(yaml.safe_load(open(f"{folder}/config.yaml")))
         prep = json.load(open(f"{folder}/preprocessing.json"))
         net = build_model(config.model, tuple(prep["input_shape"]), len(prep["label_names"]))
         net.load_weights(f"{folder}/model.weights.h5")
-        np.save(sys.argv[4], net.predict(x, verbose=0))
+        standardised = (x.astype("float32") - np.float32(prep["mean"])) / np.float32(prep["std"])
+        np.save(sys.argv[4], net.predict(standardised, verbose=0))
         """)
     subprocess.run([sys.executable, "-c", script, exported["out"], tmp_path / "x.npy", tmp_path / "keras.npy",
                     tmp_path / "weights.npy"], env=cli_env(KERAS_BACKEND="tensorflow"), check=True, timeout=180)
@@ -90,6 +106,8 @@ def test_the_exported_model_round_trips_in_a_fresh_process(exported, tiny_sweep,
 
 def test_the_export_holds_the_best_epochs_weights_not_the_last(cli, capsys, write_space, tiny_cifar, tracking_uri,
                                                                tmp_path):
+    from dataclasses import replace
+
     import keras
 
     from search.config import run_config_from_dict
@@ -107,7 +125,8 @@ def test_the_export_holds_the_best_epochs_weights_not_the_last(cli, capsys, writ
     assert cli("export", "--run", run.info.run_id, "--out", tmp_path / "out") == 0
     folder = tmp_path / "out"
     config = run_config_from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
-    splits = prepare(load_cifar10(tiny_cifar), config.data)  # the run's own validation split
+    # the run's own validation split, as pixels: the model standardises them itself
+    splits = prepare(load_cifar10(tiny_cifar), replace(config.data, normalize=False))
     model = keras.models.load_model(folder / "model.keras", safe_mode=True)
     accuracy = float(np.mean(model.predict(splits.x_val, verbose=0).argmax(axis=1) == splits.y_val))
     assert accuracy == pytest.approx(metrics["objective"], abs=1e-6)
@@ -125,38 +144,82 @@ def test_predict_classifies_png_and_jpeg_files_resizing_where_needed(cli, capsys
     Image.fromarray(images[2]).resize((64, 48), Image.Resampling.NEAREST).save(files[2])  # not 32x32
     assert cli("predict", "--model", exported["out"], *files, "--json") == 0
     rows = json.loads(capsys.readouterr().out)
-    # What predict must do: RGB, Pillow resize to 32x32, the run's constants, the run's model.
-    prep = json.loads((Path(exported["out"]) / "preprocessing.json").read_text())
+    assert {(row["metric"], row["tta_level"]) for row in rows} == {("test_accuracy", 0)}  # which metric, said
+    # What predict must do: RGB, Pillow resize to 32x32, the pixels into the run's model.
+    names = json.loads((Path(exported["out"]) / "classifier.json").read_text())["label_names"]
     model = logged_model(tiny_sweep, exported["run_id"], tmp_path / "logged")
     for path, row in zip(files, rows):
         image = Image.open(path).convert("RGB")
         if image.size != (32, 32):
             image = image.resize((32, 32), Image.Resampling.LANCZOS)
-        x = (np.asarray(image, np.float32) - np.asarray(prep["mean"], np.float32)) / np.asarray(prep["std"], np.float32)
-        p = model.predict(x[None], verbose=0)[0]
-        assert row["image"] == str(path) and row["label"] == prep["label_names"][int(p.argmax())]
+        p = model.predict(np.asarray(image, np.float32)[None], verbose=0)[0]
+        assert row["image"] == str(path) and row["label"] == names[int(p.argmax())]
         assert row["probability"] == pytest.approx(float(p.max()), abs=1e-5)
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert cli("predict", "--model", exported["out"], *files) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(": ")[0] for line in lines] == [str(f) for f in files]
-    assert lines[0].split(": ")[1].startswith(rows[0]["label"] + " (")
+    assert lines[0].startswith(f"{exported['out']}: answers as its test_accuracy (")  # which metric, said
+    assert lines[0].endswith("with one forward pass per image")
+    assert [line.split(": ")[0] for line in lines[1:]] == [str(f) for f in files]
+    assert lines[1].split(": ")[1].startswith(rows[0]["label"] + " (")
+
+
+def bomb_png(path: Path, width: int, height: int) -> None:
+    """A real PNG of width x height pixels (1-bit palette, two colours, all zeros) of a few
+    hundred kB that decodes to width x height pixels: a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte, then the row's bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 3, 0, 0, 0))
+                     + chunk(b"PLTE", bytes([0, 0, 0, 255, 255, 255])) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def image(mode: str, size=(32, 32)):
+    from PIL import Image
+
+    return Image.new(mode, size)
 
 
 @pytest.mark.parametrize("make,words", [
     (None, ["missing.png: no such image file"]),
     (lambda p: p.write_text("not an image"), ["not a readable PNG or JPEG image"]),
-    (lambda p: __import__("PIL.Image").Image.new("RGB", (8, 8)).save(p, format="GIF"), ["a GIF image", "PNG and JPEG"]),
+    (lambda p: image("RGB", (8, 8)).save(p, format="GIF"), ["a GIF image", "PNG and JPEG"]),
     (lambda p: p.mkdir(), ["is a folder"]),
-])
+    (lambda p: image("L").save(p), ["grayscale image (mode L)", "the model takes RGB images"]),
+    (lambda p: image("RGBA").save(p), ["RGBA image (mode RGBA)", "convert it to RGB first"]),
+    (lambda p: image("LA").save(p), ["grayscale with alpha"]),
+    (lambda p: p.write_bytes((lambda b: b[: len(b) // 2])(_png_bytes())), ["not a readable PNG or JPEG image"]),
+    # over twice Pillow's limit of 89,478,485 pixels: Pillow raises DecompressionBombError
+    (lambda p: bomb_png(p, 30000, 30000), ["refused, too large to decode safely", "900000000 pixels"]),
+    # between the limit and twice it: Pillow only warns (DecompressionBombWarning), and would decode
+    (lambda p: bomb_png(p, 10000, 10000), ["refused, too large to decode safely", "100000000 pixels"]),
+], ids=["missing", "text", "gif", "folder", "grayscale", "rgba", "grayscale-alpha", "truncated", "bomb",
+        "bomb-warning"])
 def test_predict_refuses_bad_image_files_in_one_line(cli, capsys, exported, tmp_path, make, words):
     path = tmp_path / "missing.png"
     if make is not None:
         make(path)
-    assert cli("predict", "--model", exported["out"], path) == 2
+    good = tmp_path / "good.png"
+    image("RGB").save(good)
+    assert cli("predict", "--model", exported["out"], good, path) == 2  # one bad file among good ones
     err = one_line_error(capsys)
+    assert err.startswith(f"blocksweep: error: {path}: ")
     for word in words:
         assert word in err
+    assert capsys.readouterr().out == ""  # nothing was classified
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(raw_pixels(1, 3)[0]).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def test_predict_refuses_a_folder_that_is_not_an_export(cli, capsys, tmp_path):
@@ -167,12 +230,17 @@ def test_predict_refuses_a_folder_that_is_not_an_export(cli, capsys, tmp_path):
 
 @pytest.mark.parametrize("damage,words", [
     (lambda d: (d / "model.keras").write_bytes(b"not a zip"), ["cannot load", "model.keras"]),
-    (lambda d: (d / "preprocessing.json").write_text("{"), ["preprocessing.json is not readable JSON"]),
-    (lambda d: (d / "preprocessing.json").write_text("{}"), ["preprocessing.json needs mean and std"]),
+    (lambda d: (d / "classifier.json").write_text("{"), ["classifier.json is not readable JSON"]),
+    (lambda d: (d / "classifier.json").write_text("{}"), ["classifier.json needs label_names"]),
+    # an export written before classifier.json: its preprocessing.json must be readable
+    (lambda d: ((d / "classifier.json").unlink(), (d / "preprocessing.json").write_text("{")),
+     ["preprocessing.json is not readable JSON"]),
+    (lambda d: ((d / "classifier.json").unlink(), (d / "preprocessing.json").write_text("{}")),
+     ["preprocessing.json needs mean and std"]),
+    (lambda d: ((d / "classifier.json").unlink(), (d / "preprocessing.json").unlink()),
+     ["neither classifier.json nor preprocessing.json"]),
 ])
 def test_predict_refuses_a_damaged_export_in_one_line(cli, capsys, exported, tmp_path, damage, words):
-    import shutil
-
     from PIL import Image
 
     folder = tmp_path / "copy"
@@ -185,7 +253,34 @@ def test_predict_refuses_a_damaged_export_in_one_line(cli, capsys, exported, tmp
         assert word in err
 
 
-def test_register_versions_the_model_with_a_signature_and_the_champion_alias(cli, capsys, tiny_sweep, tmp_path):
+def test_an_export_written_before_raw_pixel_models_still_predicts_the_same(cli, capsys, exported, tmp_path):
+    """Exports used to hold the bare network (standardised images in) and no classifier.json:
+    predict wraps it with its preprocessing.json and answers exactly as the new export."""
+    from PIL import Image
+
+    from search.models import load_model
+    from search.models.classifier import network, takes_raw_pixels
+
+    old = tmp_path / "old"
+    shutil.copytree(exported["out"], old)
+    (old / "classifier.json").unlink()
+    network(load_model(old / "model.keras")).save(old / "model.keras")  # what an old export held
+    assert not takes_raw_pixels(load_model(old / "model.keras"))
+    files = []
+    for i, pixels in enumerate(raw_pixels(3, 5)):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(pixels).save(files[-1])
+    assert cli("predict", "--model", old, *files, "--json") == 0
+    before = json.loads(capsys.readouterr().out)
+    assert cli("predict", "--model", exported["out"], *files, "--json") == 0
+    now = json.loads(capsys.readouterr().out)
+    assert len(before) == len(now) == 3
+    for a, b in zip(before, now):
+        assert a["metric"] == b["metric"] == "test_accuracy"
+        assert a["label"] == b["label"] and a["probability"] == pytest.approx(b["probability"], abs=1e-6)
+
+
+def test_register_versions_the_runs_own_model_with_a_signature_and_an_alias(cli, capsys, tiny_sweep, tmp_path):
     import mlflow
     from mlflow.models import get_model_info
 
@@ -195,10 +290,22 @@ def test_register_versions_the_model_with_a_signature_and_the_champion_alias(cli
     client = MlflowClient(tiny_sweep.tracking_uri, registry_uri=tiny_sweep.tracking_uri)
     version = client.get_model_version_by_alias("tiny-champion", "champion")
     assert str(version.version) == summary["registered"]["version"] and version.run_id == summary["run_id"]
+    assert summary["registered"]["model_uri"] == "models:/tiny-champion@champion"
+    # the version is the run's own MLflow model (runs:/<run>/model), not a copy logged beside it
     mlflow.set_tracking_uri(tiny_sweep.tracking_uri)
+    own = get_model_info(f"runs:/{summary['run_id']}/model")
+    assert version.source == f"models:/{own.model_id}"
     signature = get_model_info("models:/tiny-champion@champion").signature.to_dict()
-    assert json.loads(signature["inputs"])[0]["tensor-spec"]["shape"] == [-1, 32, 32, 3]
-    assert json.loads(signature["outputs"])[0]["tensor-spec"]["shape"] == [-1, 10]
+    assert json.loads(signature["inputs"])[0]["tensor-spec"] == {"dtype": "float32", "shape": [-1, 32, 32, 3]}
+    outputs = [column["name"] for column in json.loads(signature["outputs"])]
+    assert outputs[:2] == ["label", "probability"] and outputs[2:] == json.loads(
+        (tmp_path / "out" / "classifier.json").read_text())["label_names"]
+    # a second export registers version 2, under the alias asked for
+    assert cli("export", "--study", tiny_sweep.study, "--tracking-uri", tiny_sweep.tracking_uri, "--out",
+               tmp_path / "again", "--register", "tiny-champion", "--alias", "staging") == 0
+    assert "registered tiny-champion version 2 as 'staging'" in capsys.readouterr().out
+    assert str(client.get_model_version_by_alias("tiny-champion", "staging").version) == "2"
+    assert str(client.get_model_version_by_alias("tiny-champion", "champion").version) == "1"
 
 
 def test_savedmodel_export_serves_the_same_predictions(cli, exported, tiny_sweep, tmp_path):
@@ -206,7 +313,7 @@ def test_savedmodel_export_serves_the_same_predictions(cli, exported, tiny_sweep
 
     assert cli("export", "--study", tiny_sweep.study, "--tracking-uri", tiny_sweep.tracking_uri, "--out",
                tmp_path / "out", "--format", "savedmodel", "--quiet") == 0
-    x = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype("float32")
+    x = raw_pixels(4, 1).astype("float32")
     loaded = tf.saved_model.load(str(tmp_path / "out" / "saved_model"))  # kept: it owns the variables
     served = loaded.serve(x).numpy()
     expected = logged_model(tiny_sweep, exported["run_id"], tmp_path).predict(x, verbose=0)
@@ -218,7 +325,7 @@ def test_onnx_export_runs_in_onnxruntime_with_the_same_predictions(cli, exported
     pytest.importorskip("tf2onnx")
     assert cli("export", "--study", tiny_sweep.study, "--tracking-uri", tiny_sweep.tracking_uri, "--out",
                tmp_path / "out", "--format", "onnx", "--quiet") == 0
-    x = np.random.default_rng(2).normal(size=(4, 32, 32, 3)).astype("float32")
+    x = raw_pixels(4, 2).astype("float32")
     session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"))
     outputs = session.run(None, {session.get_inputs()[0].name: x})[0]
     expected = logged_model(tiny_sweep, exported["run_id"], tmp_path).predict(x, verbose=0)

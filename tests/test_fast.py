@@ -18,7 +18,7 @@ from search.training import train_and_evaluate
 from search.training.airbench import keras_path, recipe
 from search.training.results import TrialState
 from tests.conftest import REPO, run_cli
-from tests.sweeps import sweep_runs
+from tests.sweeps import kept_keras, sweep_runs
 
 
 def patches_of(images, k=2):
@@ -332,10 +332,12 @@ def test_fused_path_under_jax_runs_a_sweep_and_its_model_loads_under_tensorflow(
     # registered by importing search.models.layers.
     import keras
 
-    model = keras.models.load_model(client.download_artifacts(child.info.run_id, "model/model.keras",
-                                                              str(workdir)), safe_mode=True)
-    assert np.abs(keras.ops.convert_to_numpy(model.get_layer("stem_whiten").kernel)).max() > 0
-    x = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype("float32")
+    from search.models.classifier import network, tta_level
+
+    model = keras.models.load_model(kept_keras(client, child.info.run_id, workdir), safe_mode=True)
+    assert np.abs(keras.ops.convert_to_numpy(network(model).get_layer("stem_whiten").kernel)).max() > 0
+    assert tta_level(model) == 2  # the sweep ranks by val_tta_accuracy: the model answers with TTA
+    x = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32, 3)).astype("float32")  # raw pixels
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)).sum(axis=1), 1.0, rtol=1e-5)
 
     single = ["train", REPO / "spaces" / "vgg_fast.yaml", "--backend", "jax", "--data-dir", tiny_cifar,

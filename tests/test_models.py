@@ -173,3 +173,58 @@ def test_resnet_refuses_standardised_pixels_and_transfer_without_weights():
         resnet50.Config(scheme="features")
     with pytest.raises(ValueError, match="imagenet fit only the full ResNet50"):
         resnet50.Config(width=0.5, weights="imagenet")
+
+
+# --------------------------------------------------------------- the model a trial hands over (classifier.py)
+
+
+def test_standardize_is_the_data_splits_arithmetic_bit_for_bit(tiny_cifar, tmp_path):
+    """Raw pixels through the saved classifier's Standardize layer, in a compiled predict,
+    are exactly the standardised images the network was trained and tested on."""
+    from dataclasses import replace
+
+    import keras
+    import numpy as np
+
+    from search.config import DataConfig
+    from search.data import load_cifar10, prepare
+    from search.models import load_model
+    from search.models.classifier import STANDARDIZE, wrap
+
+    config = DataConfig(train_size=300, val_size=100, test_size=100)
+    data = load_cifar10(tiny_cifar)
+    splits, raw = prepare(data, config), prepare(data, replace(config, normalize=False))
+    net = build_model(vgg.Config(blocks=1, filters=4, head="gap"), (32, 32, 3), 10)
+    wrap(net, splits.mean, splits.std).save(tmp_path / "classifier.keras")
+    loaded = load_model(tmp_path / "classifier.keras")  # safe_mode=True
+    standardize = keras.Model(loaded.input, loaded.get_layer(STANDARDIZE).output)
+    pixels = raw.x_test.astype(np.uint8)  # what a PNG gives
+    assert np.array_equal(standardize.predict(pixels, verbose=0), splits.x_test)
+
+
+def test_the_classifiers_tta_is_the_recipes_and_it_loads_in_safe_mode(tmp_path):
+    """With TTA the classifier answers softmax(the recipe's TTA logits) of the standardised
+    pixels; the saved file holds no Lambda layer and loads with safe_mode=True."""
+    import keras
+    import numpy as np
+
+    from search.models import load_model
+    from search.models.classifier import network, takes_raw_pixels, tta_level, wrap
+    from search.training.airbench.recipe import logits_model, tta_logits
+
+    keras.utils.set_random_seed(0)
+    net = build_model(vgg.Config(blocks=1, filters=4, head="gmp", logit_scale=0.5), (32, 32, 3), 10)
+    mean, std = (120.0, 110.0, 100.0), (60.0, 55.0, 50.0)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(6, 32, 32, 3)).astype(np.float32)
+    standardised = (pixels - np.float32(mean)) / np.float32(std)
+    for level in (0, 1, 2):
+        classifier = wrap(net, mean, std, tta_level=level)
+        classifier.save(tmp_path / f"tta{level}.keras")
+        loaded = load_model(tmp_path / f"tta{level}.keras")
+        assert takes_raw_pixels(loaded) and tta_level(loaded) == level and not takes_raw_pixels(network(loaded))
+        assert "Lambda" not in {type(layer).__name__ for layer in loaded.layers}
+        _, tta = tta_logits(logits_model(net), keras.ops.convert_to_tensor(standardised), level)
+        expected = keras.ops.convert_to_numpy(keras.ops.softmax(tta))
+        np.testing.assert_allclose(loaded.predict(pixels, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(wrap(net, mean, std, 2).predict(pixels, verbose=0),
+                           wrap(net, mean, std, 0).predict(pixels, verbose=0), atol=1e-4)  # TTA changes answers

@@ -1,23 +1,25 @@
 """`blocksweep evaluate`: a saved model on the CIFAR-10 test set: accuracy, per-class
 accuracy, and a confusion-matrix PNG.
 
-The images are prepared the way the model was trained on them. Where that is known from
-depends on where the model comes from:
+The model takes raw pixels (search/models/classifier.py), so the test images go in as the
+dataset holds them (0..255); what the model answers with is the metric the sweep ranked by
+(test_tta_accuracy, with test-time augmentation inside the model, where the objective was
+TTA accuracy; else test_accuracy), and the output says which. Which test images depends
+on where the model comes from:
 
-    RUN_ID      an MLflow run: its `model/model.keras`, with `preprocessing.json` (the
-                per-channel mean and std the images were standardised with, the class
-                names) and `config.yaml` (the data config: which classes, which test subset,
-                the seed). The test split is rebuilt from that data config, so the accuracy
-                is measured on the very images behind the run's `test_accuracy`. The results
-                go back into the run: metrics `evaluate_*`, artifacts under `evaluation/`.
-    DIR         a folder holding model.keras (an export): preprocessing.json and config.yaml
-                are used as above when the folder has them. Without config.yaml the classes
-                come from the class names in preprocessing.json, with their whole test set.
-    FILE.keras  a bare model: the whole test set of all ten classes, standardised with the
-                constants of the default data config's training split (val_size 5000, seed
-                0: what `blocksweep train` uses unless told otherwise), recomputed from the
-                data. A ResNet classifier (a "resnet50" base inside) takes raw 0..255 pixels:
-                its preprocessing is part of the model, so none is applied then.
+    RUN_ID      an MLflow run: its kept model (search/artifacts/kept.py) and the data config
+                of its `config.yaml` (which classes, which test subset, the seed), so the
+                accuracy is measured on the very images behind the run's recorded metric.
+                The results go back into the run: metrics `evaluate_<metric>` and
+                `evaluate_accuracy.<class>`, artifacts under `evaluation/`.
+    DIR         a folder holding model.keras (an export): config.yaml's data config when the
+                folder has one, else the classes named in classifier.json (or
+                preprocessing.json), with their whole test set.
+    FILE.keras  a bare model: the whole test set of all ten classes. A model kept before
+                models took raw pixels is standardised with the constants of the default
+                data config's training split (val_size 5000, seed 0: what `blocksweep train`
+                uses unless told otherwise), recomputed from the data; a ResNet classifier
+                takes raw pixels already (its preprocessing is inside it).
 """
 
 from __future__ import annotations
@@ -29,25 +31,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
 from search import backend
+from search.artifacts.kept import CONFIG_FILE, INFO_FILE, MODEL_FILE, PREPROCESSING_FILE, Kept
 from search.errors import UsageError
 from search.tracking import RUN_ID
-MODEL_FILE, PREPROCESSING_FILE, CONFIG_FILE = "model.keras", "preprocessing.json", "config.yaml"
-RUN_ARTIFACTS = (f"model/{MODEL_FILE}", PREPROCESSING_FILE, CONFIG_FILE)
 
 
 @dataclass(frozen=True)
-class ModelSource:
-    """A model to evaluate and what is known of how it was trained."""
+class Source:
+    """A model to evaluate and what is known of the data it was trained on."""
 
     kind: str  # run | export | file
     name: str  # the run id, or the file or folder name: names the output folder
-    model_path: Path
-    preprocessing: Optional[dict] = None  # preprocessing.json
+    kept: Kept
     data: Optional[dict] = None  # the `data` section of config.yaml
     run_id: Optional[str] = None
+    recorded: Optional[float] = None  # the model's metric as its run recorded it
 
 
 def evaluate(model: str, *, data_dir: Optional[str] = None, out: Optional[str] = None,
@@ -61,35 +60,41 @@ def evaluate(model: str, *, data_dir: Optional[str] = None, out: Optional[str] =
         out: the folder for confusion_matrix.png and evaluation.json (default evaluation/<name>/).
 
     Returns:
-        The summary the command prints: accuracy, images, per_class, png, run_id,
-        logged_to_run, ...
+        The summary the command prints: metric (test_accuracy, or test_tta_accuracy),
+        accuracy, recorded (the run's value of that metric), how, images, per_class, png,
+        run_id, logged_to_run, ...
     """
     with tempfile.TemporaryDirectory() as tmp:
         tracker = None
-        if not Path(model).exists() and RUN_ID.match(model):
-            from search.tracking.tracker import Tracker
+        if not Path(model).exists():
+            if not RUN_ID.match(model):
+                raise UsageError(f"--model {model}: no such file or folder, and not an MLflow run id")
+            from search.tracking.tracker import Tracker, fetch_run_files
 
             tracker = Tracker(tracking_uri, create=False)
-        source = locate(model, tmp, tracker)
+            fetch_run_files(model, [], tmp, tracker.uri, what="--model")  # the run exists, before the data loads
         chosen = backend.select(backend_name)
         from search.data import load_cifar10
 
         dataset = load_cifar10(data_dir)
-        net = _load(source)
-        x, y, names = test_split(source, dataset, _takes_raw_pixels(net))
-        if net.output_shape[-1] != len(names):
-            raise UsageError(f"--model {model}: the model predicts {net.output_shape[-1]} classes, the test "
+        source = locate(model, Path(tmp), dataset, tracker)
+        x, y, names = test_split(source, dataset)
+        classes = source.kept.model.output_shape[-1]
+        if classes != len(names):
+            raise UsageError(f"--model {model}: the model predicts {classes} classes, the test "
                              f"split has {len(names)} ({', '.join(names)})")
-        scores = score(net, x, y, len(names))
+        scores = score(source.kept.model, x, y, len(names))
 
+    info = source.kept.info
     folder = Path(out) if out else Path("evaluation") / source.name
     folder.mkdir(parents=True, exist_ok=True)
     from search import plots
 
     png = plots.confusion_matrix(scores["confusion"], names, folder / "confusion_matrix.png",
-                                 title=f"{source.name}: test accuracy {scores['accuracy']:.4f}")
+                                 title=f"{source.name}: {info['metric']} {scores['accuracy']:.4f}")
     summary = {"model": model, "kind": source.kind, "run_id": source.run_id, "backend": chosen,
-               "images": int(len(y)), "accuracy": scores["accuracy"],
+               "metric": info["metric"], "tta_level": info.get("tta_level", 0), "how": source.kept.how(),
+               "images": int(len(y)), "accuracy": scores["accuracy"], "recorded": source.recorded,
                "per_class": dict(zip(names, scores["per_class"])),
                "confusion_matrix": [list(map(int, row)) for row in scores["confusion"]],
                "png": str(png), "logged_to_run": tracker is not None}
@@ -102,102 +107,91 @@ def evaluate(model: str, *, data_dir: Optional[str] = None, out: Optional[str] =
 # --------------------------------------------------------------------------- the model
 
 
-def locate(model: str, tmp: str, tracker=None) -> ModelSource:
-    """Find the model file and what was recorded beside it; UsageError if there is none."""
+def locate(model: str, tmp: Path, dataset, tracker=None) -> Source:
+    """The model and what was recorded beside it; UsageError if there is none."""
+    from search.artifacts import kept
+
+    flag = f"--model {model}"
     path = Path(model)
     if path.is_dir():
         if not (path / MODEL_FILE).is_file():
-            raise UsageError(f"--model {model}: the folder holds no {MODEL_FILE}")
-        return ModelSource("export", path.resolve().name, path / MODEL_FILE,
-                           _read_json(path / PREPROCESSING_FILE), _read_data_config(path / CONFIG_FILE))
+            raise UsageError(f"{flag}: the folder holds no {MODEL_FILE}")
+        if not ((path / INFO_FILE).is_file() or (path / PREPROCESSING_FILE).is_file()):
+            return replace(_bare_file(path / MODEL_FILE, dataset, flag), kind="export", name=path.resolve().name)
+        found = kept.read_folder(path, flag)
+        config = kept.read_config(path / CONFIG_FILE, flag) or {}
+        return Source("export", path.resolve().name, found, config.get("data"), recorded=found.info.get("accuracy"))
     if path.is_file():
         if path.suffix != ".keras":
-            raise UsageError(f"--model {model}: expected a .keras model file, an export folder or an MLflow run id")
-        return ModelSource("file", path.stem, path)
-    if tracker is None:
-        raise UsageError(f"--model {model}: no such file or folder, and not an MLflow run id")
+            raise UsageError(f"{flag}: expected a .keras model file, an export folder or an MLflow run id")
+        return _bare_file(path, dataset, flag)
     from search.tracking.tracker import fetch_run_files
 
-    found = fetch_run_files(model, RUN_ARTIFACTS, tmp, tracker.uri, what="--model")
-    if found[RUN_ARTIFACTS[0]] is None:
-        raise UsageError(f"--model {model}: the run kept no {RUN_ARTIFACTS[0]} (a sweep keeps the best "
-                         "trials' models; see --keep-models)")
-    return ModelSource("run", model, found[RUN_ARTIFACTS[0]], _read_json(found[PREPROCESSING_FILE]),
-                       _read_data_config(found[CONFIG_FILE]), run_id=model)
+    found = fetch_run_files(model, [CONFIG_FILE], tmp, tracker.uri, what="--model")  # also: the run exists
+    run = tracker.get_run(model)
+    read = kept.read_run(tracker, run, tmp / "model", flag="--model")
+    config = kept.read_config(found[CONFIG_FILE], flag) if found[CONFIG_FILE] else {}
+    return Source("run", model, read, (config or {}).get("data"), run_id=model,
+                  recorded=run.metrics.get(read.info["metric"]))
 
 
-def _read_json(path: Optional[Path]) -> Optional[dict]:
-    if path is None or not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as err:
-        raise UsageError(f"{path}: not readable JSON ({err})") from None
+def _bare_file(path: Path, dataset, flag: str) -> Source:
+    """A .keras file with nothing beside it: a model of raw pixels as it is; a bare network
+    (kept before) wrapped with the default data config's constants, recomputed."""
+    import numpy as np
 
-
-def _read_data_config(path: Optional[Path]) -> Optional[dict]:
-    if path is None or not path.is_file():
-        return None
-    tree = yaml.safe_load(path.read_text())
-    return tree.get("data") if isinstance(tree, dict) else None
-
-
-def _load(source: ModelSource):
+    from search.config import DataConfig
+    from search.data import prepare
     from search.models import open_model
-
-    return open_model(source.model_path, f"--model {source.name}", compile=False)
-
-
-def _takes_raw_pixels(net) -> bool:
-    """A ResNet classifier preprocesses inside the model (search/models/resnet50.py)."""
+    from search.models.classifier import takes_raw_pixels, tta_level, wrap
     from search.models.resnet50 import BASE
 
-    return any(layer.name == BASE for layer in net.layers)
+    model = open_model(path, flag, compile=False)
+    level = tta_level(model)
+    info = {"label_names": list(dataset.label_names), "input_shape": list(model.input_shape[1:]),
+            "metric": "test_tta_accuracy" if level else "test_accuracy", "tta_level": level, "accuracy": None}
+    if takes_raw_pixels(model):
+        return Source("file", path.stem, Kept(model, info, path))
+    if any(layer.name == BASE for layer in model.layers):  # a ResNet classifier preprocesses inside
+        mean, std = np.zeros(3), np.ones(3)
+    else:
+        fitted = prepare(dataset, DataConfig())
+        mean, std = np.asarray(fitted.mean), np.asarray(fitted.std)
+    return Source("file", path.stem, Kept(wrap(model, mean, std), info))
 
 
 # --------------------------------------------------------------------------- the test split
 
 
-def test_split(source: ModelSource, dataset, raw_pixels: bool):
-    """(images as the model expects them, integer labels, class names) of the test split
-    the model's training used (see the module docstring)."""
+def test_split(source: Source, dataset):
+    """(raw 0..255 pixels, integer labels, class names) of the test split the model's
+    training used (see the module docstring)."""
     import numpy as np
     from pydantic import TypeAdapter, ValidationError
 
     from search.config import DataConfig
     from search.data import prepare
 
-    recorded = source.preprocessing or {}
     if source.data is not None:
         try:
             data = TypeAdapter(DataConfig).validate_python(source.data)
         except ValidationError as err:
             raise UsageError(f"--model {source.name}: its {CONFIG_FILE} has an unreadable data section "
                              f"({err.errors()[0]['msg']})") from None
-    elif recorded.get("label_names"):
+    else:
         names = list(dataset.label_names)
-        unknown = [n for n in recorded["label_names"] if n not in names]
+        wanted = source.kept.info["label_names"]
+        unknown = [n for n in wanted if n not in names]
         if unknown:
-            raise UsageError(f"--model {source.name}: its {PREPROCESSING_FILE} names classes that CIFAR-10 "
-                             f"does not have: {', '.join(unknown)}")
-        classes = tuple(names.index(n) for n in recorded["label_names"])
-        data = DataConfig(classes=None if classes == tuple(range(10)) else classes)
-    else:
-        data = DataConfig()
-    # Pixels 0..255 of exactly the test images of that data config (the subset does not
-    # depend on normalisation), then the recorded (or recomputed) standardisation. Without
-    # a recorded data config the test set is whole and the validation split does not matter.
-    split = data if source.data is not None else replace(data, val_size=10)
-    raw = prepare(dataset, replace(split, normalize=False, labels="sparse"))
-    if "mean" in recorded and "std" in recorded:
-        mean, std = np.asarray(recorded["mean"]), np.asarray(recorded["std"])
-    elif raw_pixels or not data.normalize:
-        mean, std = np.zeros(3), np.ones(3)
-    else:
-        fitted = prepare(dataset, data)
-        mean, std = np.asarray(fitted.mean), np.asarray(fitted.std)
-    x = (raw.x_test - mean.astype(np.float32)) / std.astype(np.float32)
-    return x, np.asarray(raw.y_test), list(raw.label_names)
+            raise UsageError(f"--model {source.name}: it names classes that CIFAR-10 does not have: "
+                             f"{', '.join(unknown)}")
+        classes = tuple(names.index(n) for n in wanted)
+        # Without a recorded data config the test set is whole and the validation split does not matter.
+        data = DataConfig(classes=None if classes == tuple(range(10)) else classes, val_size=10)
+    # Exactly the test images of that data config (the subset does not depend on
+    # normalisation), as pixels: the model standardises them itself.
+    raw = prepare(dataset, replace(data, normalize=False, labels="sparse"))
+    return raw.x_test, np.asarray(raw.y_test), list(raw.label_names)
 
 
 def score(net, x, y, classes: int) -> dict:
@@ -213,7 +207,7 @@ def score(net, x, y, classes: int) -> dict:
 
 
 def _log(run, summary: dict, png: Path, json_path: Path) -> None:
-    metrics = {"evaluate_test_accuracy": summary["accuracy"]}
+    metrics = {f"evaluate_{summary['metric']}": summary["accuracy"]}
     for name, accuracy in summary["per_class"].items():
         metrics[f"evaluate_accuracy.{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"] = accuracy
     run.log_metrics(metrics)

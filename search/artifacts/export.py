@@ -1,25 +1,33 @@
 """`blocksweep export`: one clear artifact for the best model of a sweep (or of a run).
 
 Which weights: the best epoch's. The trainer restores the best epoch's weights before the
-test evaluation and `search.trials.tracked.train_tracked` logs that model as
-`model/model.keras`, so the logged model *is* the best epoch (a test checks it against the
+test evaluation and `search.trials.tracked.train_tracked` logs that model as the run's
+MLflow model `model`, so the logged model *is* the best epoch (a test checks it against the
 run's logged best validation metric); export copies it and never retrains (a retrained
 model would not be the one whose numbers the sweep reported).
 
 The export folder:
 
-    model.keras          the model (load with search.models.load_model(path): keras's
-                         load_model with safe_mode=True, our custom layers registered)
-    model.weights.h5     the same weights alone (for the same architecture built in code)
+    model.keras          the model: raw RGB pixels 0..255 in (uint8 or float, n x 32 x 32 x 3),
+                         class probabilities out, standardisation and (where the sweep ranked
+                         by it) test-time augmentation inside; the very file of the run's MLflow
+                         model. Load with search.models.load_model(path): keras's load_model
+                         with safe_mode=True, our custom layers registered
+    model.weights.h5     the trained network's weights alone (standardised images in), for
+                         search.models.build_model(config.model, ...) built in code
+    classifier.json      label_names, input_shape, and the test metric the model's answers
+                         reproduce (test_accuracy, or test_tta_accuracy with tta_level) with its value
     config.yaml          the resolved configuration the run trained
-    preprocessing.json   x = (pixels - mean) / std per RGB channel, pixels in 0..255;
-                         input_shape; label_names
+    preprocessing.json   the constants inside the model: x = (pixels - mean) / std per RGB channel
     labels.txt           the class names, one per line, in output order
     metrics.json         where it came from (run, study, trial) and its logged results
     saved_model/         with --format savedmodel (TensorFlow backend)
     model.onnx           with --format onnx (tf2onnx, TensorFlow backend)
 
-`blocksweep predict` (predict.py) reads exactly this folder.
+`blocksweep predict` (predict.py) reads exactly this folder. `--register NAME` registers the
+run's MLflow model itself (`runs:/<run id>/model`) as a new version of NAME and points an
+alias (default `champion`) at it; a run kept before models were MLflow models gets its model
+logged as one first.
 """
 
 from __future__ import annotations
@@ -37,7 +45,6 @@ from search import backend
 from search.errors import UsageError
 
 FORMATS = ("keras", "savedmodel", "onnx")
-MODEL_ARTIFACT = "model/model.keras"
 # The per-run results (`search.trials.tracked.log_results`); other metrics are per-epoch, kept as last values.
 RESULT_METRICS = ("objective", "best_epoch", "epochs_run", "train_seconds", "mean_images_per_second",
                   "test_accuracy", "test_loss")
@@ -77,10 +84,10 @@ def choose_run(tracker, study: Optional[str], run_id: Optional[str]):
             raise UsageError(f"--study {study}: no completed trial to export ({seen})")
         run = tracker.get_run(top["run_id"])
         source = f"study {study} trial {top['trial']}"
-    if MODEL_ARTIFACT not in tracker.artifact_paths(run.run_id, "model"):
+    if tracker.kept_model(run) is None:
         why = ("its sweep kept only the models of trials that were best when they finished "
                "(--keep-models best)" if run.role == "trial" else "it logged no model")
-        raise UsageError(f"{source} (run {run.run_id}) has no kept model ({MODEL_ARTIFACT}): {why}; "
+        raise UsageError(f"{source} (run {run.run_id}) has no kept model: {why}; "
                          "export another run with --run RUN_ID, or rerun the sweep with --keep-models all")
     return run, source
 
@@ -89,7 +96,7 @@ def choose_run(tracker, study: Optional[str], run_id: Optional[str]):
 
 
 def export(*, study: Optional[str] = None, run_id: Optional[str] = None, out: str | Path, fmt: str = "keras",
-           register: Optional[str] = None, tracking_uri: Optional[str] = None,
+           register: Optional[str] = None, alias: str = "champion", tracking_uri: Optional[str] = None,
            backend_name: Optional[str] = None, storage: Optional[str] = None) -> dict:
     """`blocksweep export`: write the export folder `out` (see the module docstring).
 
@@ -98,20 +105,24 @@ def export(*, study: Optional[str] = None, run_id: Optional[str] = None, out: st
         run_id: instead, this run's model.
         out: the folder to write (created; must be empty).
         fmt: ``keras``; ``savedmodel`` or ``onnx`` add a TF SavedModel or an ONNX file.
-        register: also register the model under this name, alias ``champion``.
+        register: also register the run's MLflow model as a new version of this name...
+        alias: ...and point this alias at it (default ``champion``).
         tracking_uri, backend_name: the MLflow store and the Keras backend.
         storage: an Optuna storage that must hold `study` (a check that the two stores
             describe the same sweep; the best trial is chosen from MLflow).
 
     Returns:
         The summary the command prints: source, run_id, metric, objective, best_epoch,
-        out, files (the names written), registered (with `register`).
+        out, files (the names written), registered (with `register`), answers (the test
+        metric the model's answers reproduce, its recorded value, the TTA level).
     """
     out = Path(out)
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {out}: exists and is not an empty folder")
+    if register is not None and not alias:
+        raise UsageError("--alias: give the alias a name")
     chosen = backend.resolve(backend_name)
     if fmt in ("savedmodel", "onnx") and chosen != "tensorflow":
         raise UsageError(f"--format {fmt}: needs the TensorFlow backend (--backend tensorflow), not {chosen}")
@@ -131,40 +142,44 @@ def export(*, study: Optional[str] = None, run_id: Optional[str] = None, out: st
         check_study(storage, study)
     run, source = choose_run(tracker, study, run_id)
     backend.select(chosen)
-    from search.models import load_model
+    from search.artifacts.kept import INFO_FILE, read_run
+    from search.models.classifier import network
 
     with tempfile.TemporaryDirectory() as tmp:  # nothing lands in `out` unless all of it does
         stage = Path(tmp) / "export"
         stage.mkdir()
         for artifact in ("config.yaml", "preprocessing.json"):
             shutil.copy(tracker.download(run.run_id, artifact, Path(tmp) / "download"), stage)
-        # The logged model carries its training state (a compiled loss, an optimizer slot):
-        # saved again without it, the export is for inference and loads without warnings.
-        logged = tracker.download(run.run_id, MODEL_ARTIFACT, Path(tmp) / "download")
-        model = load_model(logged, compile=False)
-        model.save(stage / "model.keras")
-        model.save_weights(stage / "model.weights.h5")
-        prep = json.loads((stage / "preprocessing.json").read_text())
-        (stage / "labels.txt").write_text("\n".join(prep["label_names"]) + "\n")
-        info = _metrics(run, source, (stage / "config.yaml").read_text())
-        (stage / "metrics.json").write_text(json.dumps(info, indent=2))
+        kept = read_run(tracker, run, Path(tmp) / "model")
+        if kept.wrapped_here:
+            kept.model.save(stage / "model.keras")
+        else:
+            shutil.copy(kept.file, stage / "model.keras")
+        network(kept.model).save_weights(stage / "model.weights.h5")
+        info = {k: v for k, v in kept.info.items() if k not in ("mean", "std")}  # those are in the model now
+        (stage / INFO_FILE).write_text(json.dumps(info, indent=2))
+        (stage / "labels.txt").write_text("\n".join(info["label_names"]) + "\n")
+        results = _metrics(run, source, (stage / "config.yaml").read_text())
+        (stage / "metrics.json").write_text(json.dumps(results, indent=2))
         if fmt == "savedmodel":
-            model.export(str(stage / "saved_model"), format="tf_saved_model", verbose=False)
+            kept.model.export(str(stage / "saved_model"), format="tf_saved_model", verbose=False)
         elif fmt == "onnx":
             # Keras's ONNX exporter refuses a model that was never called (a freshly loaded one).
-            model(np.zeros((1, *prep["input_shape"]), dtype="float32"))
-            model.export(str(stage / "model.onnx"), format="onnx", verbose=False)
+            kept.model(np.zeros((1, *info["input_shape"]), dtype="float32"))
+            kept.model.export(str(stage / "model.onnx"), format="onnx", verbose=False)
+        if register and kept.wrapped_here:  # kept before models were MLflow models: log it as one
+            from search.models import layers
+
+            tracker.run(run.run_id).log_classifier(kept.model, info, layers.__file__)
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             out.rmdir()
         shutil.move(str(stage), str(out))
-    registered = None
-    if register:
-        example = np.zeros((1, *prep["input_shape"]), dtype="float32")
-        registered = tracker.register_keras_model(run.run_id, model, register, example)
-    return {"source": source, "run_id": run.run_id, "metric": info["metric"], "objective": info["objective"],
-            "best_epoch": info["best_epoch"], "out": str(out), "format": fmt,
-            "files": sorted(p.name for p in out.iterdir()), "registered": registered}
+    registered = tracker.register(run.run_id, register, alias) if register else None
+    return {"source": source, "run_id": run.run_id, "metric": results["metric"], "objective": results["objective"],
+            "best_epoch": results["best_epoch"], "out": str(out), "format": fmt,
+            "files": sorted(p.name for p in out.iterdir()), "registered": registered,
+            "answers": {k: info.get(k) for k in ("metric", "accuracy", "tta_level")}}
 
 
 def _metrics(run, source: str, config_text: str) -> dict:

@@ -1,20 +1,34 @@
 """`blocksweep predict`: classify image files with an export folder (export.py).
 
-It loads model.keras with safe_mode=True, turns each PNG/JPEG into RGB, resizes it to the
-model's input size when needed (Pillow, Lanczos: antialiased down-sampling), normalises
-it with preprocessing.json and reports the class.
+It turns each PNG/JPEG into RGB pixels, resizes it to the model's input size when needed
+(Pillow, Lanczos: antialiased down-sampling) and hands the raw pixels to model.keras
+(loaded with safe_mode=True), which standardises them and, where the sweep ranked by it,
+applies test-time augmentation itself. An export written before models took raw pixels
+(no classifier.json) is wrapped on reading with its preprocessing.json (search/artifacts/kept.py).
+
+Image files are checked before the model loads; what cannot be read as a colour image is
+one line naming the file: a missing or non-image file, a format other than PNG and JPEG, a
+grayscale or RGBA image (the model takes RGB; converting for the user would hide that
+transparency or a missing colour was dropped), and an image so large that decoding it could
+exhaust memory (Pillow's decompression-bomb limit, 89 million pixels, warned about and
+refused rather than decoded).
 """
 
 from __future__ import annotations
 
-import json
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from search import backend
-from search.errors import UsageError
+from search.errors import UsageError, first_line
+
+# Pillow's modes that are not one RGB colour per pixel, in words.
+NOT_RGB = {"1": "black-and-white", "L": "grayscale", "I": "grayscale", "I;16": "grayscale", "F": "grayscale",
+           "LA": "grayscale with alpha", "RGBA": "RGBA", "RGBa": "RGBA", "PA": "palette with alpha",
+           "La": "grayscale with alpha", "CMYK": "CMYK", "YCbCr": "YCbCr", "LAB": "LAB", "HSV": "HSV"}
 
 
 def load_images(paths: list[str], size: tuple[int, int]) -> np.ndarray:
@@ -25,15 +39,25 @@ def load_images(paths: list[str], size: tuple[int, int]) -> np.ndarray:
     images = []
     for path in paths:
         try:
-            with Image.open(path) as img:
-                if img.format not in ("PNG", "JPEG"):
-                    raise UsageError(f"{path}: a {img.format} image; predict reads PNG and JPEG files")
-                rgb = img.convert("RGB")
+            with warnings.catch_warnings():
+                # Between Pillow's limit and twice it, Pillow only warns and decodes anyway.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    if img.format not in ("PNG", "JPEG"):
+                        raise UsageError(f"{path}: a {img.format} image; predict reads PNG and JPEG files")
+                    mode = _colour_mode(img)
+                    if mode in NOT_RGB:
+                        raise UsageError(f"{path}: {NOT_RGB[mode]} image (mode {mode}); the model takes RGB "
+                                         "images: convert it to RGB first")
+                    rgb = img.convert("RGB")
         except FileNotFoundError:
             raise UsageError(f"{path}: no such image file") from None
         except IsADirectoryError:
             raise UsageError(f"{path}: is a folder, not an image file") from None
-        except (UnidentifiedImageError, OSError) as err:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            # Pillow's message gives both sizes: "Image size (N pixels) exceeds limit of M pixels, ..."
+            raise UsageError(f"{path}: refused, too large to decode safely ({first_line(err, 120)})") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise UsageError(f"{path}: not a readable PNG or JPEG image ({err.__class__.__name__})") from None
         if rgb.size != (size[1], size[0]):
             rgb = rgb.resize((size[1], size[0]), Image.Resampling.LANCZOS)
@@ -41,47 +65,48 @@ def load_images(paths: list[str], size: tuple[int, int]) -> np.ndarray:
     return np.stack(images)
 
 
-def read_preprocessing(path: Path, flag: str) -> dict:
-    """An export's preprocessing.json, checked: mean and std (3 values each), the input
-    shape and the label names."""
-    try:
-        prep = json.loads(path.read_text())
-    except ValueError as err:
-        raise UsageError(f"{flag}: {path.name} is not readable JSON ({err})") from None
-    ok = (isinstance(prep, dict) and all(k in prep for k in ("mean", "std", "input_shape", "label_names"))
-          and len(prep["mean"]) == 3 and len(prep["std"]) == 3 and len(prep["input_shape"]) == 3)
-    if not ok:
-        raise UsageError(f"{flag}: {path.name} needs mean and std (3 values each), input_shape and label_names")
-    return prep
+def _colour_mode(img) -> str:
+    """The image's mode, with a palette image reported by what its palette holds."""
+    if img.mode == "P":
+        return "PA" if "transparency" in img.info else (img.palette.mode if img.palette else "RGB")
+    return img.mode
 
 
 def predict(model_dir: str | Path, images: list[str], backend_name: Optional[str] = None) -> list[dict]:
     """`blocksweep predict`: classify PNG/JPEG files with an export folder.
 
     Args:
-        model_dir: a folder written by `export` (model.keras, preprocessing.json).
+        model_dir: a folder written by `export` (model.keras, classifier.json; or, written
+            before models took raw pixels, model.keras and preprocessing.json).
         images: the image files' paths.
         backend_name: the Keras backend (default: as for `train`).
 
     Returns:
-        One dict per image: image, label, class index, probability, and every class's
-        probability.
+        One dict per image: image, label, class index, probability, every class's
+        probability, and the recorded test metric the model's answers reproduce (`metric`:
+        test_accuracy, or test_tta_accuracy with `tta_level` > 0; `answers` says it in words).
     """
-    folder = Path(model_dir)
-    needed = [folder / "model.keras", folder / "preprocessing.json"]
-    if not folder.is_dir() or not all(p.exists() for p in needed):
-        raise UsageError(f"--model {model_dir}: not an export folder (needs model.keras and preprocessing.json; "
-                         "write one with `blocksweep export`)")
-    prep = read_preprocessing(folder / "preprocessing.json", f"--model {model_dir}")
-    height, width = prep["input_shape"][:2]
-    pixels = load_images(images, (height, width))  # every file checked before the model loads
-    x = (pixels - np.asarray(prep["mean"], np.float32)) / np.asarray(prep["std"], np.float32)
-    backend.select(backend_name)
-    from search.models import open_model
+    from search.artifacts.kept import folder_info, open_folder
 
-    model = open_model(folder / "model.keras", f"--model {model_dir}")
-    probabilities = np.asarray(model.predict(x, verbose=0), dtype=float)
-    names = prep["label_names"]
+    folder, flag = _export_folder(model_dir)
+    info = folder_info(folder, flag)
+    height, width = info["input_shape"][:2]
+    pixels = load_images(images, (height, width))  # every file checked before the model loads
+    backend.select(backend_name)
+    kept = open_folder(folder, info, flag)
+    probabilities = np.asarray(kept.model.predict(pixels, verbose=0), dtype=float)
+    names = info["label_names"]
     return [{"image": str(path), "label": names[int(p.argmax())], "class_index": int(p.argmax()),
-             "probability": float(p.max()), "probabilities": dict(zip(names, map(float, p)))}
+             "probability": float(p.max()), "probabilities": dict(zip(names, map(float, p))),
+             "metric": info["metric"], "tta_level": info.get("tta_level", 0), "answers": kept.describe()}
             for path, p in zip(images, probabilities)]
+
+
+def _export_folder(model_dir) -> tuple[Path, str]:
+    from search.artifacts.kept import MODEL_FILE
+
+    folder = Path(model_dir)
+    flag = f"--model {model_dir}"
+    if not folder.is_dir() or not (folder / MODEL_FILE).is_file():
+        raise UsageError(f"{flag}: not an export folder (needs {MODEL_FILE}; write one with `blocksweep export`)")
+    return folder, flag

@@ -24,6 +24,13 @@ split as dataset inputs named CIFAR-10 with digests and train/validation/test co
 
 Everything goes through `MlflowClient` with explicit run ids (no global active run), so
 children can be logged from any thread or process. Each epoch is one `log_batch` call.
+
+A kept model is an MLflow model named `model` of its run (MLflow 3's logged model, with a
+signature and pinned requirements; its layout is in pyfunc_model.py), so MLflow's own
+`mlflow.register_model(f"runs:/{run_id}/model", name)`, the UI's "Register model" and
+`mlflow models serve` work on any kept run. MLflow 3 resolves `runs:/<run>/model` to the
+logged model of that name whose source run is `<run>`, searched in the run's experiment
+(mlflow/tracking/_model_registry/fluent.py: `register_model`).
 """
 
 from __future__ import annotations
@@ -31,9 +38,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import io
+import json
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -73,6 +83,9 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 DATASET_NAME = "CIFAR-10"
 SPLITS = (("train", "x_train", "y_train"), ("validation", "x_val", "y_val"), ("test", "x_test", "y_test"))
+MODEL = "model"  # a kept model's name: runs:/<run id>/model
+CLASSIFIER = "data/classifier"  # in a kept model: model.keras and classifier.json
+LEGACY_MODEL = "model/model.keras"  # a kept model before models were MLflow models: a run's plain file
 STATE_TO_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "running": "RUNNING"}
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a parameter value's length
 BATCH_LIMIT = 100  # MLflow's limit on params per log_batch (metrics: 1000)
@@ -189,6 +202,46 @@ def fetch_run_files(run_id: str, paths: Iterable[str], dst: str | Path, uri: Opt
     return found
 
 
+def logged_models(client: MlflowClient, exp_id: str, run_id: str) -> list:
+    """A run's (undeleted) logged models named `model`: its kept model, or nothing."""
+    query = f"name = '{MODEL}' AND source_run_id = '{run_id}'"
+    found, token = [], None
+    while True:
+        page = client.search_logged_models([exp_id], filter_string=query, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def download_kept(client: MlflowClient, run, dst: str | Path) -> Optional[Path]:
+    """The kept model's data/classifier folder (model.keras, classifier.json) of an MLflow
+    run, downloaded into `dst`; None when the run has no MLflow model.
+
+    Read from the logged model's own artifact location: MLflow 3.17.2 resolves
+    `runs:/<run>/model/...` through a client of the process's global tracking URI
+    (mlflow/store/artifact/models_artifact_repo.py: `_get_model_uri_infos`), not the
+    client's, so a process reading another store would not find the model."""
+    found = logged_models(client, run.info.experiment_id, run.info.run_id)
+    if not found:
+        return None
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    uri = f"{found[0].artifact_location.rstrip('/')}/{CLASSIFIER}"
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=client.tracking_uri))
+
+
+def fetch_kept_keras(run_id: str, dst: str | Path, uri: Optional[str] = None, what: str = "run") -> Optional[Path]:
+    """The kept model.keras of a run (its MLflow model's, or the plain file of a run kept
+    before models were MLflow models), downloaded into `dst`; None when it kept none."""
+    uri = uri or current_uri()
+    fetch_run_files(run_id, [], dst, uri, what)  # the run exists, or a UsageError naming `what`
+    client = MlflowClient(tracking_uri=uri)
+    folder = download_kept(client, client.get_run(run_id), Path(dst) / "kept")
+    if folder is not None:
+        return folder / "model.keras"
+    return fetch_run_files(run_id, [LEGACY_MODEL], dst, uri, what)[LEGACY_MODEL]
+
+
 # --------------------------------------------------------------------------- one run
 
 
@@ -253,12 +306,39 @@ class RunLog:
         finally:
             monitor.finish()
 
-    def log_keras_model(self, model, name: str = "model.keras") -> None:
-        """The model as a `.keras` file under the run's `model/` artifacts."""
+    def log_classifier(self, model, info: dict, layers_file: str | Path) -> str:
+        """Log `model` (raw pixels in, probabilities out) as this run's MLflow model `model`:
+        a pyfunc (pyfunc_model.py) with `info` (label_names, input_shape, the metric it
+        answers with) and `layers_file` (the module registering its custom layers) shipped
+        inside it. Returns the logged model's id.
+
+        The logged model is created in the run's experiment first: `Model.log` given only a
+        run id would create it in the default experiment (it reads the active experiment),
+        where `runs:/` does not look. Requirements are given, so MLflow does not load the
+        model in a subprocess to infer them; no input example, so it does not load it again
+        to validate one (together seconds per trial)."""
+        import mlflow.pyfunc
+        from mlflow.models import Model
+
+        run = self.client.get_run(self.run_id)
+        logged = self.client.create_logged_model(run.info.experiment_id, name=MODEL, source_run_id=self.run_id)
+        mlflow.set_tracking_uri(self.client.tracking_uri)  # Model.log writes through the global URI
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            model.save(path)
-            self.client.log_artifact(self.run_id, str(path), "model")
+            data = Path(tmp) / "classifier"
+            data.mkdir()
+            model.save(data / "model.keras")
+            (data / "classifier.json").write_text(json.dumps(info, indent=2))
+            code = Path(tmp) / "code"
+            code.mkdir()
+            shutil.copy(Path(__file__).with_name("pyfunc_model.py"), code / "blocksweep_pyfunc.py")
+            shutil.copy(layers_file, code / "blocksweep_layers.py")
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*input_example.*")  # none on purpose (above)
+                Model.log(artifact_path=None, name=MODEL, flavor=mlflow.pyfunc, run_id=self.run_id,
+                          model_id=logged.model_id, loader_module="blocksweep_pyfunc", data_path=str(data),
+                          code_paths=[str(code / "blocksweep_pyfunc.py"), str(code / "blocksweep_layers.py")],
+                          signature=_signature(info), pip_requirements=requirements())
+        return logged.model_id
 
     def finish(self, state: str, reason: str = "") -> None:
         tags = {"blocksweep.state": state}
@@ -271,6 +351,26 @@ class RunLog:
 def _param_value(value: Any) -> str:
     text = str(list(value)) if isinstance(value, tuple) else str(value)
     return text if len(text) <= MAX_PARAM_VALUE else text[: MAX_PARAM_VALUE - 3] + "..."
+
+
+def _signature(info: dict):
+    """Images (n, h, w, 3) of float32 pixels 0..255 -> label, probability, one column per class."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    images = TensorSpec(np.dtype(np.float32), (-1, *info["input_shape"]))
+    answer = [ColSpec("string", "label"), ColSpec("double", "probability")]
+    return ModelSignature(Schema([images]), Schema(answer + [ColSpec("double", n) for n in info["label_names"]]))
+
+
+def requirements() -> list[str]:
+    """What the model needs, pinned to what this process runs: MLflow, Keras and its backend,
+    numpy and pandas (the pyfunc's answer)."""
+    import keras
+
+    backend = keras.backend.backend()
+    return [f"{name}=={_version(name)}" for name in ("mlflow", "keras", backend, "numpy", "pandas")]
 
 
 # --------------------------------------------------------------------------- read back
@@ -478,8 +578,6 @@ class Tracker:
         `model/` artifacts of kept trials with a worse objective are deleted and their tag
         says why. Several workers may do this at once; each only deletes what is worse
         than its own trial, so the best model always survives. Returns models dropped."""
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
         dropped = 0
         for run in self.children(exp_id, parent_run_id, "tags.`blocksweep.model` = 'kept'"):
             value = run.data.metrics.get("objective")
@@ -488,13 +586,27 @@ class Tracker:
             if not (value < objective if goal == "maximize" else value > objective):
                 continue
             try:
-                get_artifact_repository(run.info.artifact_uri).delete_artifacts("model")
+                self._drop_model(run)
                 note = f"dropped: run {best_run_id} is better (--keep-models best)"
             except Exception as err:  # a store that cannot delete: say so, keep going
                 note = f"not dropped ({err.__class__.__name__}); run {best_run_id} is better"
             self.run(run.info.run_id).set_tags({"blocksweep.model": note})
             dropped += 1
         return dropped
+
+    def _drop_model(self, run) -> None:
+        """Delete a run's kept model: the logged model (marked deleted, so `runs:/` no longer
+        finds it) and its files; a model kept before models were MLflow models is the run's
+        `model/` folder."""
+        # get_artifact_repository: MLflow's public way to reach an artifact URI's store; the
+        # client has no call that deletes artifacts.
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        for logged in logged_models(self.client, run.info.experiment_id, run.info.run_id):
+            self.client.delete_logged_model(logged.model_id)
+            get_artifact_repository(logged.artifact_location).delete_artifacts()
+        if any(a.path == MODEL for a in self.client.list_artifacts(run.info.run_id)):
+            get_artifact_repository(run.info.artifact_uri).delete_artifacts(MODEL)
 
     def finish_parent(self, parent_run_id: str) -> None:
         self.client.set_terminated(parent_run_id, "FINISHED")
@@ -584,33 +696,54 @@ class Tracker:
         except (MlflowException, OSError) as err:
             raise UsageError(f"run {run_id}: cannot read its artifact {path} ({first_line(err, 200)})") from None
 
+    def kept_model(self, run: RunRecord) -> Optional[str]:
+        """What a run kept: "mlflow" (an MLflow model `model`), "file" (a plain `model.keras`,
+        from before models were MLflow models) or None."""
+        if logged_models(self.client, run.experiment_id, run.run_id):
+            return "mlflow"
+        return "file" if LEGACY_MODEL in self.artifact_paths(run.run_id, MODEL) else None
+
+    def download_kept(self, run: RunRecord, dst: str | Path) -> Path:
+        """The run's kept MLflow model's data/classifier folder, downloaded into `dst`."""
+        folder = download_kept(self.client, self.client.get_run(run.run_id), dst)
+        if folder is None:
+            raise UsageError(f"run {run.run_id}: it kept no MLflow model")
+        return folder
+
     def artifact_text(self, run_id: str, path: str) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             return self.download(run_id, path, tmp).read_text()
 
     # the model registry ------------------------------------------------------------
 
-    def register_keras_model(self, run_id: str, model, name: str, example, alias: str = "champion") -> dict:
-        """Log `model` as an MLflow Keras model of run `run_id` (with a signature inferred
-        from `example` and the model's output on it), register it as a new version of
-        `name` and point `alias` at that version. Works on the embedded SQLite store."""
-        import keras
-        import mlflow.keras
-        from mlflow.models import Model, infer_signature
-
-        signature = infer_signature(example, model.predict(example, verbose=0))
-        backend = keras.backend.backend()
-        # Given explicitly: inferring requirements loads the model in a subprocess (seconds).
-        requirements = [f"keras=={keras.__version__}", f"{backend}=={_version(backend)}"]
+    def register(self, run_id: str, name: str, alias: str = "champion") -> dict:
+        """Register the run's MLflow model as a new version of `name` (MLflow's own
+        `register_model` on `runs:/<run id>/model`, as a user would) and point `alias` at it.
+        Works on the embedded SQLite store."""
+        uri = f"runs:/{run_id}/{MODEL}"
+        mlflow.set_tracking_uri(self.uri)  # register_model reads the global URI (and the registry's beside it)
         try:
-            info = Model.log(artifact_path=None, name="registered_model", flavor=mlflow.keras, model=model,
-                             run_id=run_id, signature=signature, registered_model_name=name,
-                             pip_requirements=requirements, await_registration_for=60)
-            version = str(info.registered_model_version)
-            self.client.set_registered_model_alias(name, alias, version)
+            # register_model prints its progress on stderr and warns that it registers the
+            # logged model (MLflow 3's way, above) rather than run artifacts: our commands print one line.
+            with contextlib.redirect_stderr(io.StringIO()), _quiet("mlflow.tracking._model_registry.fluent"):
+                version = mlflow.register_model(uri, name, await_registration_for=60)
+            self.client.set_registered_model_alias(name, alias, version.version)
         except MlflowException as err:
             raise UsageError(f"--register {name}: the model registry refused it ({first_line(err)})") from None
-        return {"name": name, "version": version, "alias": alias, "model_uri": f"models:/{name}@{alias}"}
+        return {"name": name, "version": str(version.version), "alias": alias, "model_uri": f"models:/{name}@{alias}",
+                "source": uri}
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """Only errors from `logger` while the block runs."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _version(package: str) -> str:

@@ -1,6 +1,7 @@
 """What a trial is built from, whichever path trains it: the seed and precision policy,
 the network (with its data-dependent weights set), on-device augmentation, the loss and
-the optimizer with its learning-rate schedule.
+the optimizer with its learning-rate schedule; and what it hands over: the network wrapped
+into the model of raw pixels (search/models/classifier.py).
 
 Keras is imported at the top: import this module only after `search.backend.select()`
 has chosen the backend (the command line and the engines do).
@@ -24,6 +25,15 @@ def build_model(config, splits):
     net = models.build_model(config.model, splits.input_shape, splits.num_classes)
     models.fit_statistics(net, config.model, splits.x_train)
     return net
+
+
+def classifier(config, splits, net):
+    """`net` as the model a user takes away: raw 0..255 pixels in (standardised inside with
+    the training split's constants), probabilities out, with TTA inside where `served` says."""
+    from search.models.classifier import wrap
+    from search.training.results import served
+
+    return wrap(net, splits.mean, splits.std, served(config)[1])
 
 
 def augmentation(config, seed: int):

@@ -1,5 +1,6 @@
 """What a trial produced: immutable, and free of Keras so that engines, the sweep and the
-comparison can use it without importing a training backend."""
+comparison can use it without importing a training backend; and which recorded test metric
+the model it hands over reproduces (`served`)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,13 @@ class TrialResult:
         if self.reason:
             out["reason"] = self.reason
         return out
+
+
+def served(config) -> tuple[str, int]:
+    """(test metric, TTA level) of the model a trial hands over (a RunConfig's): it answers
+    as the sweep ranked, with the recipe's test-time augmentation when the objective is TTA
+    accuracy (its accuracy is then `test_tta_accuracy`), else with a plain forward pass
+    (`test_accuracy`)."""
+    if config.objective.metric == "val_tta_accuracy":
+        return "test_tta_accuracy", config.train.airbench.tta_level
+    return "test_accuracy", 0

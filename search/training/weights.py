@@ -9,11 +9,12 @@ or does not fit is refused with one line (UsageError: exit 2) before anything tr
     FILE.h5, .weights.h5  the weights of the base alone: Keras's ImageNet file
                           (resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5, copied from
                           a machine with a network), or what `base.save_weights(...)` writes
-    FILE.keras            a whole classifier saved by Blocksweep (a run's model/model.keras):
-                          its "resnet50" base is used; its head is not
+    FILE.keras            a whole classifier saved by Blocksweep (a run's kept model, or a
+                          bare network): its "resnet50" base is used; its head is not
     DIR                   a folder holding model.keras (what `blocksweep export` writes)
-    RUN_ID                an MLflow run (32 hex digits): its model/model.keras artifact,
-                          fetched through search/tracking/ from the current store
+    RUN_ID                an MLflow run (32 hex digits): its kept model (the MLflow model
+                          `model`, or a plain model/model.keras kept before models were
+                          MLflow models), fetched through search/tracking/ from the current store
     pretrain:SPACE.yaml   a source task the project pre-trains itself: that space file's
                           configuration (its parameters at their defaults, scheme scratch,
                           the same width and stage_blocks) is trained once on CIFAR-10 from
@@ -45,7 +46,7 @@ from search.tracking import RUN_ID
 from search.tracking.store import cache_dir, key_of, locked, replace_atomically, splits_digest
 
 PRETRAIN = "pretrain:"
-KERAS_FILE = "model.keras"  # in an export folder, and a run's model/ artifacts
+KERAS_FILE = "model.keras"  # in an export folder, a run's MLflow model, the pretrain cache
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
@@ -203,13 +204,15 @@ def _keras_file(config, path: Path, kind: str, spec: Optional[str] = None, descr
                 details=None) -> Source:
     from search.models import load_model
 
+    from search.models.classifier import network
+
     spec = spec or config.weights
     try:
         model = load_model(path, compile=False)
     except Exception as err:
         raise UsageError(f"model.weights {spec}: cannot load {path} as a Keras model ({_why(err)})") from None
     try:
-        base = model.get_layer(resnet50.BASE)
+        base = network(model).get_layer(resnet50.BASE)  # a kept model wraps the network (raw pixels in)
     except ValueError:
         raise UsageError(f"model.weights {spec}: {path} is not a Blocksweep resnet50 classifier "
                          f"(it has no {resnet50.BASE!r} base layer)") from None
@@ -217,15 +220,14 @@ def _keras_file(config, path: Path, kind: str, spec: Optional[str] = None, descr
 
 
 def _run(config, tracking_uri: Optional[str]) -> Source:
-    from search.tracking.tracker import fetch_run_files
+    from search.tracking.tracker import fetch_kept_keras
 
-    artifact = f"model/{KERAS_FILE}"
     with tempfile.TemporaryDirectory() as tmp:
-        found = fetch_run_files(config.weights, [artifact], tmp, tracking_uri, what="model.weights")
-        if found[artifact] is None:
-            raise UsageError(f"model.weights {config.weights}: the run kept no {artifact} "
+        path = fetch_kept_keras(config.weights, tmp, tracking_uri, what="model.weights")
+        if path is None:
+            raise UsageError(f"model.weights {config.weights}: the run kept no model "
                              "(a sweep keeps the best trials' models; see --keep-models)")
-        return _keras_file(config, found[artifact], "run", description=f"run {config.weights} ({artifact})")
+        return _keras_file(config, path, "run", description=f"run {config.weights} (its kept model)")
 
 
 # --------------------------------------------------------------------------- the source task

@@ -6,7 +6,16 @@ Logged: all config values as parameters (dotted names), the data split as datase
 (CIFAR-10, train/validation/test, with digests), the resolved config as `config.yaml`, the
 preprocessing constants as `preprocessing.json`, system metrics when asked, per-epoch metrics
 (one batched call per epoch), the results (best objective and epoch, test accuracy and
-loss, train time, images/s), the curves PNG, and the best epoch's model as `model/model.keras`.
+loss, train time, images/s), the curves PNG, and the best epoch's model as the run's MLflow
+model `model` (search/tracking/pyfunc_model.py).
+
+The model kept is not the bare network the trainer returns (it takes standardised images,
+and airbench's TTA is computed outside it) but that network wrapped into the model of raw
+pixels (`training.components.classifier`, search/models/classifier.py). Its answers are the
+ones behind the test metric the run records, by construction: its standardisation is the
+data's own arithmetic, bit for bit (search/models/layers.py: `Standardize`), and its TTA
+layers run the recipe's own TTA functions; tests/test_serving.py checks the accuracy
+through MLflow against the recorded one.
 """
 
 from __future__ import annotations
@@ -24,6 +33,17 @@ from search.errors import first_line
 from search.tracking.tracker import RunLog
 from search.training import train_and_evaluate
 from search.training.results import TrialResult, TrialState
+
+
+def classifier_info(config, splits, result: TrialResult) -> dict:
+    """What the kept model says of itself (classifier.json): its classes in output order,
+    the images it takes, and the test metric its answers reproduce (with its value)."""
+    from search.training.results import served
+
+    metric, tta_level = served(config)
+    return {"label_names": list(splits.label_names), "input_shape": list(splits.input_shape),
+            "pixel_range": [0, 255], "metric": metric, "tta_level": tta_level,
+            "accuracy": result.test.get(metric)}
 
 
 def preprocessing(splits) -> dict:
@@ -86,7 +106,11 @@ def train_tracked(config, splits, run: RunLog, *, report=None, progress=None,
         result = TrialResult.failed(f"{err.__class__.__name__}: {first_line(err, 1900)}")
     log_results(run, config, result, title)
     if result.state is TrialState.COMPLETE and result.model is not None and keep_model(result):
-        run.log_keras_model(result.model)
+        from search.models import layers
+        from search.training.components import classifier
+
+        run.log_classifier(classifier(config, splits, result.model), classifier_info(config, splits, result),
+                           layers.__file__)
         run.set_tags({"blocksweep.model": "kept"})
     run.finish(result.state.value, result.reason)
     return result

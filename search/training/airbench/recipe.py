@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from search.models.layers import PatchWhitening
+from search.models.layers import PatchWhitening, tta_merge, tta_views
 
 # --------------------------------------------------------------------------- data on the device
 
@@ -80,23 +80,13 @@ def tta_logits(predict, x, level: int):
     level 0: the plain logits; 1: mirror(x) = mean of the logits of x and its left-right
     flip; 2: 0.5 * mirror(x) + 0.25 * (mirror(up_left) + mirror(down_right)), where the
     shifted images are x moved by one pixel with reflect padding (airbench's TTA). All
-    views go through `predict` as one batch (inference batch-norm is per example)."""
+    views go through `predict` as one batch (inference batch-norm is per example). The
+    views and the average are `search.models.layers.tta_views` and `tta_merge`: the layers
+    of the model a trial hands over run the same code."""
     if level == 0:
         plain = predict(x)
         return plain, plain
-    views = [x, ops.flip(x, axis=2)]
-    if level == 2:
-        h, w = x.shape[1], x.shape[2]
-        padded = ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-        up_left = padded[:, 2:, 2:, :]  # pixel (i, j) shows x[i + 1, j + 1]
-        down_right = padded[:, :h, :w, :]  # pixel (i, j) shows x[i - 1, j - 1]
-        views += [up_left, ops.flip(up_left, axis=2), down_right, ops.flip(down_right, axis=2)]
-    n = x.shape[0]
-    logits = ops.cast(predict(ops.concatenate(views, axis=0)), "float32")
-    parts = [logits[k * n:(k + 1) * n] for k in range(len(views))]
-    mirror = [0.5 * (parts[2 * k] + parts[2 * k + 1]) for k in range(len(views) // 2)]
-    tta = mirror[0] if level == 1 else 0.5 * mirror[0] + 0.25 * (mirror[1] + mirror[2])
-    return parts[0], tta
+    return tta_merge(ops.cast(predict(tta_views(x, level)), "float32"), level)
 
 
 def eval_sums(plain, tta, labels, mask, smoothing: float, num_classes: int):
