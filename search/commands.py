@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Optional
 
 from search import backend
-from search.config import load_spec, parse_overrides
+from search.config import check_sweep, load_spec, parse_overrides
 from search.errors import TrialFailed, UsageError
 
 
@@ -62,7 +62,7 @@ def train(space: str, *, overrides: list[str] | None = None, data_dir: Optional[
     run = tracker.start_run(exp_id, spec.name, {**_environment(spec, chosen), "blocksweep.role": "train",
                                                 "blocksweep.space": spec.path})
     run.log_text(spec.text, "space.yaml")
-    epochs = getattr(config.model, "trial_epochs", lambda e: e)(config.train.epochs)  # + a ResNet's head epochs
+    epochs = getattr(config.model, "trial_epochs", lambda e: e)(config.train.epoch_count)  # + a ResNet's head epochs
     bar = EpochBar(epochs, desc=spec.name, enabled=not quiet)
     try:
         result = train_tracked(config, splits, run, progress=bar, title=spec.name)
@@ -86,6 +86,7 @@ def sweep(space: str, *, engine: Optional[str] = None, trials: Optional[int] = N
     from search.trials.sweep import Sweep, SweepOptions
 
     spec = load_spec(space, parse_overrides(overrides))
+    check_sweep(spec)  # a sweep's objective never sees the test set
     d = spec.file.search
     engine = engine or d.engine
     _check_flags(engine, study=study, trials=trials, study_trials=study_trials, tuner=tuner, sampler=sampler,
