@@ -254,6 +254,36 @@ def test_whitening_bias_starts_at_zero():
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(net.get_layer("stem_whiten").bias), np.zeros(24))
 
 
+def test_the_heads_max_pool_sends_a_tied_maximum_to_its_first_position():
+    """lib_airbench94.py make_net94: nn.MaxPool2d(3) over the last 3x3 map, whose gradient
+    goes to the first (row-major) of tied maxima; a reduce-max (GlobalMaxPooling2D) would
+    split it among them. Flat image regions make exact ties common: 24 of the 32,768
+    image-channels of airbench's first 512-image batch at widths 16/64/64 (measured)."""
+    import keras
+    import tensorflow as tf  # the test process's backend
+
+    from search.models.blocks import dense_head
+
+    inputs = keras.Input((3, 3, 2))
+    model = keras.Model(inputs, dense_head(inputs, "gmp", units=1, dropout=0.0, activation="relu", num_classes=2,
+                                           output_activation="linear", use_bias=False, logit_scale=1.0,
+                                           classifier_options={"kernel_initializer": "identity"}))
+    x = np.zeros((1, 3, 3, 2), np.float32)
+    x[0, [0, 1, 2], [2, 1, 0], 0] = 1.0  # three tied maxima in channel 0
+    x[0, :, :, 1] = -1.0  # nine in channel 1
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        total = tf.reduce_sum(model(x))
+    grad = tape.gradient(total, x).numpy()[0]
+    first = np.zeros((3, 3))
+    first[0, 2] = 1.0
+    np.testing.assert_array_equal(grad[..., 0], first)
+    first = np.zeros((3, 3))
+    first[0, 0] = 1.0
+    np.testing.assert_array_equal(grad[..., 1], first)
+
+
 def test_whitening_leaves_unused_directions_at_zero():
     x = correlated_images()
     x[..., 2] = x[..., 1]  # a channel that copies another: 4 patch directions carry nothing
