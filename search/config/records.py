@@ -188,6 +188,13 @@ class TrainConfig:
     recipe: Literal["standard", "airbench"] = "standard"
     airbench: AirbenchRecipe = AirbenchRecipe()
 
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _a_number(cls, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected an integer (a fraction only with train.recipe airbench), got {value!r}")
+        return value
+
     @field_validator("epochs")
     @classmethod
     def _whole_epochs_as_int(cls, value):
