@@ -72,6 +72,9 @@ def parse_args():
     parser.add_argument("--path", choices=("fused", "keras"), default="fused")
     parser.add_argument("--raw-init", action="store_true",
                         help="airbench's lookahead EMA starts from make_net94's random whitening weights")
+    parser.add_argument("--contiguous", action="store_true",
+                        help="airbench's tensors in the default memory format, not channels_last (on a CPU "
+                             "torch's channels-last float32 kernels round more: see the first step's gradients)")
     parser.add_argument("--dither", action="store_true",
                         help="add uniform noise of +-0.5/255 to the training images (both runs see the same): "
                              "no exactly tied maxima for the max-poolings to break")
@@ -129,10 +132,11 @@ def torchvision_if_absent() -> None:
 
 
 @contextlib.contextmanager
-def on_the_cpu_in_float32(utils):
+def on_the_cpu_in_float32(utils, contiguous: bool = False):
     """For the duration of the block: .cuda() is the identity, .half() gives float32,
     CUDA timing events and synchronize do nothing, CifarLoader maps its file to the CPU
-    (`train` makes its test loader for device 0). Nothing on disk changes."""
+    (`train` makes its test loader for device 0); with `contiguous`, torch.channels_last
+    is the default memory format. Nothing on disk changes."""
     import torch
 
     class Event:  # torch.cuda.Event(enable_timing=True), timed on the host
@@ -155,6 +159,8 @@ def on_the_cpu_in_float32(utils):
                (torch.nn.Module, "half", lambda self: self.float()),
                (torch.cuda, "Event", Event), (torch.cuda, "synchronize", lambda *a, **k: None),
                (utils, "CifarLoader", CpuLoader)]
+    if contiguous:
+        patches.append((torch, "channels_last", torch.contiguous_format))
     with contextlib.ExitStack() as stack:
         for owner, name, value in patches:
             stack.enter_context(mock.patch.object(owner, name, value))
@@ -211,7 +217,7 @@ def run_airbench(source: Path, work: Path, args, widths) -> tuple[Recorder, obje
                 recorder.epochs[-1].append((inputs, labels))
                 yield inputs, labels
 
-    with contextlib.chdir(work), on_the_cpu_in_float32(utils):
+    with contextlib.chdir(work), on_the_cpu_in_float32(utils, args.contiguous):
         loader = RecordingLoader("cifar10", train=True, batch_size=args.batch, aug=lib94.hyp["aug"], altflip=True,
                                  gpu="cpu")
         if args.dither:  # before the first epoch, which is when CifarLoader allows it
@@ -233,7 +239,29 @@ def run_airbench(source: Path, work: Path, args, widths) -> tuple[Recorder, obje
         recorder.test_logits = {level: utils.infer(model, test, tta_level=level) for level in (0, 2)}
         recorder.test_labels = test.labels
         recorder.train_images = loader.normalize(loader.images)
+        recorder.first_gradients = first_gradients(lib94, widths, recorder)
     return recorder, lib94, utils
+
+
+def first_gradients(lib94, widths, recorder: Recorder) -> dict:
+    """The gradients of airbench's first step (its summed loss on its first batch, from its
+    starting weights), in float32 as its run computed them and in float64 (the reference
+    for both trainers' float32 rounding)."""
+    import torch
+    import torch.nn.functional as F
+
+    inputs, labels = recorder.epochs[0][0]
+    out = {}
+    for name, dtype in (("float32", torch.float32), ("float64", torch.float64)):
+        net = lib94.make_net94(widths=dict(zip(("block1", "block2", "block3"), widths)))
+        net.load_state_dict(recorder.weights[0])
+        net = net.to(dtype)
+        net.train()
+        x = inputs.to(dtype)
+        F.cross_entropy(net(x), labels, label_smoothing=lib94.hyp["opt"]["label_smoothing"],
+                        reduction="sum").backward()
+        out[name] = {k: p.grad.detach().double() for k, p in net.named_parameters() if p.grad is not None}
+    return out
 
 
 def airbench_losses(recorder: Recorder, smoothing: float) -> list[float]:
@@ -307,7 +335,8 @@ def whitening_check(theirs, images, config) -> dict:
 
     from search.models.layers import whitening_kernel
 
-    mine = whitening_kernel(images, config.model.whiten_kernel, config.model.whiten_eps)
+    k, eps = config.model.whiten_kernel, config.model.whiten_eps
+    mine = whitening_kernel(images, k, eps)
     signs = np.sign(np.sum(mine * theirs, axis=(0, 1, 2)))
     d = mine.shape[-1] // 2
 
@@ -315,8 +344,20 @@ def whitening_check(theirs, images, config) -> dict:
         f = filters.reshape(-1, 2 * d)[:, :d].astype(np.float64)
         return f @ f.T
 
-    return {"filters": float(np.abs(mine * signs - theirs).max() / np.abs(theirs).max()),
-            "operator": float(np.abs(operator(mine) - operator(theirs)).max() / np.abs(operator(theirs)).max()),
+    moment = np.zeros((d, d))  # in float64, 500 images at a time: the reference for both
+    for start in range(0, len(images), 500):
+        windows = np.lib.stride_tricks.sliding_window_view(images[start:start + 500].astype(np.float64), (k, k),
+                                                           axis=(1, 2))
+        patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, d)
+        moment += patches.T @ patches
+    exact = np.linalg.inv(moment / (len(images) * (images.shape[1] - k + 1) * (images.shape[2] - k + 1))
+                          + eps * np.eye(d))
+
+    def rel(a, b):
+        return float(np.abs(a - b).max() / np.abs(b).max())
+
+    return {"filters": rel(mine * signs, theirs), "operator": rel(operator(mine), operator(theirs)),
+            "ours_vs_float64": rel(operator(mine), exact), "airbench_vs_float64": rel(operator(theirs), exact),
             "sign_flips": int(np.sum(signs[:d] < 0))}
 
 
@@ -342,6 +383,7 @@ def run_ours(args, config, recorder: Recorder, test_x, test_y, nudge: bool = Fal
         for key, variable, layout in pairs:
             value = keras_layout(recorder.weights[0][key], layout)
             variable.assign(np.nextafter(value, np.float32(np.inf)) if nudge else value)
+        gradients = None if nudge else our_first_gradients(net, pairs, recorder, config)
         if args.path == "fused":
             import jax.numpy as jnp
 
@@ -379,8 +421,58 @@ def run_ours(args, config, recorder: Recorder, test_x, test_y, nudge: bool = Fal
         weights["final"] = current()
         model = recipe.logits_model(trainer.export())
         plain, tta = recipe.tta_logits(lambda v: model(v, training=False), ops.convert_to_tensor(test_x), 2)
-    return {"pairs": pairs, "weights": weights, "losses": losses, "seconds": seconds,
+    return {"pairs": pairs, "weights": weights, "losses": losses, "seconds": seconds, "gradients": gradients,
             "test_logits": {0: ops.convert_to_numpy(plain), 2: ops.convert_to_numpy(tta)}}
+
+
+def our_first_gradients(net, pairs, recorder: Recorder, config) -> dict:
+    """Our gradients of the same first step (the summed loss, to compare with airbench's),
+    by airbench's key, in our layout."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from search.training.airbench import recipe
+
+    model = recipe.logits_model(net)
+    inputs, labels = recorder.epochs[0][0]
+    x, y = jnp.asarray(inputs.permute(0, 2, 3, 1).numpy()), jnp.asarray(labels.numpy())
+    ntv = [v.value for v in model.non_trainable_variables]
+    smoothing = config.train.airbench.label_smoothing
+
+    def loss(tv):
+        logits, _ = model.stateless_call(tv, ntv, x, training=True)
+        return recipe.smoothed_cross_entropy(logits, y, smoothing, 10).sum()
+
+    grads = jax.grad(loss)([v.value for v in model.trainable_variables])
+    by_path = {v.path: np.asarray(g, np.float64) for v, g in zip(model.trainable_variables, grads)}
+    return {key: by_path[variable.path] for key, variable, _ in pairs if variable.path in by_path}
+
+
+def gradient_errors(ours: dict, theirs: dict, pairs) -> dict:
+    """The first step's float32 gradients, airbench's as run and ours, against airbench's
+    float64 ones and against each other: per group (biases: the whitening and batch-norm
+    biases; kernels: convolutions and the classifier), the largest |a - b| of a tensor
+    over its largest |b|, and the worst tensor. A max pooling routes each window's
+    gradient to its maximum, so where two values are within rounding of each other the
+    float32 and float64 runs can route it to different pixels: kernels' gradients differ
+    by that much, whoever computes them."""
+    import numpy as np
+
+    layout = {key: kind for key, _, kind in pairs}
+    exact = {key: keras_layout(g, layout[key]) for key, g in theirs["float64"].items() if key in ours}
+    as_run = {key: keras_layout(theirs["float32"][key], layout[key]) for key in exact}
+
+    def worst(grads, reference):
+        out = {}
+        for group in ("biases", "kernels"):
+            rel = {key: float(np.abs(grads[key] - reference[key]).max() / np.abs(reference[key]).max())
+                   for key in exact if key.endswith("bias") == (group == "biases")}
+            key = max(rel, key=rel.get)
+            out[group] = {"max": rel[key], "where": key}
+        return out
+
+    return {"airbench": worst(as_run, exact), "ours": worst(ours, exact), "ours_vs_airbench": worst(ours, as_run)}
 
 
 # --------------------------------------------------------------------------- 4. the comparison
@@ -422,6 +514,7 @@ def main() -> None:
                 for step, w in ours["weights"].items() if step in theirs}
     x_train = recorder.train_images.permute(0, 2, 3, 1).numpy()
     whitening = whitening_check(theirs[0]["0.weight"], x_train[:5000], config)
+    gradients = gradient_errors(ours["gradients"], recorder.first_gradients, pairs)
 
     theirs_losses = airbench_losses(recorder, lib94.hyp["opt"]["label_smoothing"])
     labels = recorder.test_labels.numpy()
@@ -437,7 +530,7 @@ def main() -> None:
 
     result = {"date": time.strftime("%Y-%m-%d"), "widths": widths, "batch": args.batch, "images": args.images,
               "epochs": args.epochs, "steps": len(theirs_losses), "path": args.path, "raw_init": args.raw_init,
-              "dither": args.dither,
+              "dither": args.dither, "contiguous": args.contiguous, "first_gradients": gradients,
               "torch": torch.__version__, "jax": jax.__version__, "keras": keras.__version__,
               "airbench_seconds": recorder.seconds, "ours_seconds": ours["seconds"], "whitening": whitening,
               "compared": compared, "losses": {"airbench": theirs_losses, "ours": ours["losses"],
@@ -451,17 +544,24 @@ def report(r: dict) -> str:
     lines = [f"date {r['date']}; airbench 0.1.8 (torch {r['torch']}) vs ours ({r['path']}, JAX {r['jax']}, "
              f"Keras {r['keras']}); CPU float32; widths {r['widths']}, batch {r['batch']}, {r['images']} images, "
              f"{r['epochs']} epochs = {r['steps']} steps" + ("; --raw-init" if r["raw_init"] else "")
-             + ("; --dither" if r["dither"] else ""),
+             + ("; --dither" if r["dither"] else "") + ("; --contiguous" if r["contiguous"] else ""),
              f"airbench {r['airbench_seconds']:.0f} s, ours {r['ours_seconds']:.0f} s (shared 2-core CPU)", "",
              "step | airbench loss | our loss | difference | ours nudged 1 ulp: difference to ours",
              "--- | --- | --- | --- | ---"]
     losses = r["losses"]
     for k, (a, b, c) in enumerate(zip(losses["airbench"], losses["ours"], losses["nudged"]), 1):
         lines.append(f"{k} | {a:.7f} | {b:.7f} | {abs(a - b):.1e} | {abs(c - b):.1e}")
+    lines += ["", "first step's float32 gradients | biases (where) | kernels (where)", "--- | --- | ---"]
+    for who, title in (("airbench", "airbench's vs its float64"), ("ours", "ours vs airbench's float64"),
+                       ("ours_vs_airbench", "ours vs airbench's float32")):
+        g = r["first_gradients"][who]
+        lines.append(f"{title} | {g['biases']['max']:.1e} ({g['biases']['where']}) "
+                     f"| {g['kernels']['max']:.1e} ({g['kernels']['where']})")
     w = r["whitening"]
     lines += ["", f"whitening from the same 5,000 images: filters differ by {w['filters']:.1e} of the largest "
                   f"value ({w['sign_flips']} of 12 eigenvectors with the other sign, aligned), the whitening "
-                  f"operator (moment + eps I)^-1 by {w['operator']:.1e}", "",
+                  f"operator (moment + eps I)^-1 by {w['operator']:.1e}; against it in float64: ours "
+                  f"{w['ours_vs_float64']:.1e}, airbench's {w['airbench_vs_float64']:.1e}", "",
               "after step | weights vs airbench (where) | batch-norm statistics vs airbench (where) "
               "| weights vs ours nudged 1 ulp | statistics vs ours nudged", "--- | --- | --- | --- | ---"]
     for step, c in r["compared"].items():
