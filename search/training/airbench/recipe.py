@@ -148,8 +148,8 @@ def lookahead_decays(total_steps: int, recipe) -> np.ndarray:
     """d for every step count 0..total_steps, the EMA's weight on its past:
     decay**every * (step / total)**power (small early, so the EMA follows the weights;
     large late, so it averages them). float32, computed once, as airbench's
-    `alpha_schedule = 0.95**5 * (torch.arange(total + 1) / total)**3`: both trainers read
-    this one table, so their lookahead steps agree to the bit."""
+    `alpha_schedule = 0.95**5 * (torch.arange(total + 1) / total)**3`; both trainers read
+    this one table, so they use the same d to the bit."""
     fraction = np.arange(total_steps + 1, dtype=np.float32) / np.float32(total_steps)
     d = np.float32(recipe.lookahead_decay ** recipe.lookahead_every) * fraction ** np.float32(recipe.lookahead_power)
     return d.astype(np.float32)
