@@ -1,6 +1,6 @@
 """Our fast trial against airbench94, on the same GPU, in one call.
 
-    python bench/airbench_compare.py --data-dir DIR [--runs 5] [--epochs 10] [--out FOLDER]
+    python bench/airbench_compare.py --data-dir DIR [--runs 5] [--epochs 9.9] [--out FOLDER]
     python bench/airbench_compare.py --quick            # CPU: tiny sizes, every code path
 
 1. airbench94 (Keller Jordan; the PyPI sdist `airbench` 0.1.8 unpacked into the ignored
@@ -9,14 +9,14 @@
    labels and class names): one warm-up, then `--runs` runs; its own timer and its TTA
    accuracy on the 10,000 test images, parsed from its final table row. It needs CUDA;
    without it only the converter runs.
-2. Our fast trial (`spaces/vgg_fast.yaml` with `train.airbench.validate: last_epoch`, as
-   airbench evaluates once at the end), through the one trainer entry point
-   `search.training.train_and_evaluate`, on all 50,000 training images (the validation split
-   is the first 1,000 test images, for the objective only): one warm-up run, which
-   compiles into a fresh XLA cache (the cold compile time), then `--runs` runs (seeds
-   0..runs-1) that rebuild the model and load their executables from that cache. Time =
-   wall time of the whole trial minus its compile time: model build, whitening, data
-   upload, training and the TTA evaluations all count (airbench's timer counts its
+2. Our fast trial, airbench94's recipe (`spaces/vgg_fast.yaml`: 9.9 epochs, 476 steps)
+   in airbench's benchmark mode (`data.val_size: 0`: all 50,000 training images train,
+   no epoch is validated, the 10,000 test images are scored once at the end, with TTA),
+   through the one trainer entry point `search.training.train_and_evaluate`: one warm-up
+   run, which compiles into a fresh XLA cache (the cold compile time), then `--runs` runs
+   (seeds 0..runs-1) that rebuild the model and load their executables from that cache.
+   Time = wall time of the whole trial minus its compile time: model build, whitening,
+   data upload, training and the TTA evaluation all count (airbench's timer counts its
    whitening, training and final TTA evaluation).
    One more run uses the other dispatch mode (one step per dispatch on a GPU, a fused
    epoch on a CPU), to see what fusing buys.
@@ -84,17 +84,17 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="folder with cifar-10-batches-py/ (required unless --quick)")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=float, default=None, help="default: the space file's (airbench's 9.9)")
     parser.add_argument("--backend", default="jax", help="jax (all parts) or tensorflow/torch (generic path only)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"), help="folder for the JSON results")
     parser.add_argument("--airbench-dir", default=str(VENDOR), help="the unpacked airbench 0.1.8 sdist")
     parser.add_argument("--skip-airbench", action="store_true")
     parser.add_argument("--quick", action="store_true",
                         help="CPU check of every code path: synthetic data (unless --data-dir), widths x1/8, "
-                             "batch 256, 2 runs of 3 epochs")
+                             "batch 256, 2 runs of 2.5 epochs")
     args = parser.parse_args()
     if args.quick:
-        args.runs, args.epochs = min(args.runs, 2), min(args.epochs, 3)
+        args.runs, args.epochs = min(args.runs, 2), min(args.epochs or 2.5, 2.5)
     elif not args.data_dir:
         parser.error("--data-dir is required (or --quick)")
     return args
@@ -166,33 +166,17 @@ def run_airbench(args, dataset) -> dict:
     return json.loads(line.split(" ", 1)[1])
 
 
-def bench_splits(dataset, val_images: int):
-    """All training images for training (as airbench); the first `val_images` test images
-    as the validation split the objective reads; the whole test set for the result."""
-    import numpy as np
-
-    from search.data import Splits
-
-    mean = dataset.x_train.reshape(-1, 3).mean(axis=0)
-    std = dataset.x_train.reshape(-1, 3).std(axis=0)
-
-    def norm(x):
-        return ((x.astype(np.float32) - mean.astype(np.float32)) / std.astype(np.float32))
-
-    x_test = norm(dataset.x_test)
-    return Splits(x_train=norm(dataset.x_train), y_train=dataset.y_train.astype(np.int64),
-                  x_val=x_test[:val_images], y_val=dataset.y_test[:val_images].astype(np.int64),
-                  x_test=x_test, y_test=dataset.y_test.astype(np.int64), mean=tuple(mean), std=tuple(std),
-                  label_names=dataset.label_names, source=dataset.source)
-
-
 # --------------------------------------------------------------------------- ours
 
 
 def fast_config(args, seed: int, **more):
+    """airbench94's recipe as spaces/vgg_fast.yaml has it, in airbench's benchmark mode:
+    no validation split (`data.val_size: 0`), the test set scored at the end."""
     from search.config import load_spec
 
-    overrides = {"train.airbench.validate": "last_epoch", "train.epochs": args.epochs, "train.seed": seed}
+    overrides = {"data.val_size": 0, "train.seed": seed}
+    if args.epochs is not None:
+        overrides["train.epochs"] = args.epochs
     if args.quick:
         overrides.update({"model.width_multiplier": 0.125, "train.airbench.batch_size": 256,
                           "train.airbench.eval_batch_size": 256})
@@ -202,7 +186,7 @@ def fast_config(args, seed: int, **more):
 
 def middle_rate(history) -> float:
     """Training throughput: the median over the epochs between the first (pipeline start)
-    and the last (which also runs the validation), or whatever there is."""
+    and the last (partial, and followed by the test evaluation), or whatever there is."""
     rates = [h["images_per_second"] for h in history]
     inner = rates[1:-1] or rates[1:] or rates
     return statistics.median(inner)
@@ -294,7 +278,8 @@ def generic_rate(args, splits) -> dict:
     """The recipe through Keras fit (`train.airbench.path: keras`), 2+ epochs."""
     from search.training import train_and_evaluate
 
-    config = fast_config(args, 0, **{"train.airbench.path": "keras", "train.epochs": max(2, min(args.epochs, 3))})
+    epochs = max(2, min(fast_config(args, 0).train.epochs, 3))
+    config = fast_config(args, 0, **{"train.airbench.path": "keras", "train.epochs": epochs})
     start = time.perf_counter()
     result = train_and_evaluate(config, splits)
     return {"images_per_second": middle_rate(result.history), "wall_seconds": time.perf_counter() - start,
@@ -309,7 +294,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(args)
-    report: dict = {"date": time.strftime("%Y-%m-%d"), "quick": args.quick, "epochs": args.epochs,
+    report: dict = {"date": time.strftime("%Y-%m-%d"), "quick": args.quick,
+                    "epochs": fast_config(args, 0).train.epochs,
                     "train_images": len(dataset.x_train), "test_images": len(dataset.x_test)}
 
     # airbench first, in its own process, before JAX claims the GPU's memory.
@@ -319,7 +305,9 @@ def main() -> None:
 
     name = backend.select(args.backend)
     report["backend"] = name
-    splits = bench_splits(dataset, val_images=256 if args.quick else 1000)
+    from search.data import prepare
+
+    splits = prepare(dataset, fast_config(args, 0).data)  # every training image; the whole test set
     if name == "jax":
         import jax
 

@@ -208,9 +208,12 @@ def cmd_train(args) -> int:
     s = commands.train(args.space, overrides=args.set, data_dir=args.data_dir, backend_name=args.backend,
                        tracking_uri=args.tracking_uri, experiment=args.experiment,
                        system_metrics=args.system_metrics, quiet=args.quiet)
-    line = (f"run {s['run_id']} completed: {s['metric']} {s['objective']:.4f} (best epoch {s['best_epoch']}), "
-            f"test_accuracy {s['test_accuracy']:.4f}, {s['train_seconds']:.1f} s training, "
-            f"{s['images_per_second']:.0f} img/s [{s['backend']}]")
+    if s["objective"] is None:  # data.val_size 0 (the airbench recipe only): the test set alone
+        score = f"no validation split, test_tta_accuracy {s['test_tta_accuracy']:.4f}, "
+    else:
+        score = f"{s['metric']} {s['objective']:.4f} (best epoch {s['best_epoch']}), "
+    line = (f"run {s['run_id']} completed: {score}test_accuracy {s['test_accuracy']:.4f}, "
+            f"{s['train_seconds']:.1f} s training, {s['images_per_second']:.0f} img/s [{s['backend']}]")
     _print(args, s, line)
     return 0
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Mapping, Optional
 
 from search import backend
-from search.config import load_spec, parse_overrides
+from search.config import check_sweep, load_spec, parse_overrides
 from search.errors import TrialFailed, UsageError
 
 
@@ -91,7 +91,7 @@ def train(space, *, overrides=None, data_dir: Optional[str] = None,
     run = tracker.start_run(exp_id, spec.name, {**environment, "blocksweep.role": "train",
                                                 "blocksweep.space": spec.path})
     run.log_text(spec.text, "space.yaml")
-    epochs = getattr(config.model, "trial_epochs", lambda e: e)(config.train.epochs)  # + a ResNet's head epochs
+    epochs = getattr(config.model, "trial_epochs", lambda e: e)(config.train.epoch_count)  # + a ResNet's head epochs
     bar = EpochBar(epochs, desc=spec.name, enabled=not quiet)
     try:
         result = train_tracked(config, splits, run, progress=bar, title=spec.name,
@@ -140,6 +140,7 @@ def sweep(space, *, engine: Optional[str] = None, trials: Optional[int] = None,
     from search.trials.sweep import Sweep, SweepOptions
 
     spec = _spec(space, overrides)
+    check_sweep(spec)  # a sweep's objective never sees the test set
     d = spec.file.search
     engine = engine or d.engine
     _check_flags(engine, study=study, trials=trials, study_trials=study_trials, tuner=tuner, sampler=sampler,

@@ -121,7 +121,7 @@ def _train(tracker, comparison, todo, data_dir, backend_name, quiet) -> dict[tup
                 "blocksweep.repeat_seed": seed}
         run = tracker.start_run(study.experiment_id, f"repeat-{row.trial}-seed{seed}", tags,
                                 parent_run_id=study.parent.run_id)
-        bar = EpochBar(config.train.epochs, desc=f"{row.study} #{row.trial} seed {seed}", enabled=not quiet,
+        bar = EpochBar(config.train.epoch_count, desc=f"{row.study} #{row.trial} seed {seed}", enabled=not quiet,
                        leave=False)
         try:
             result = train_tracked(config, splits_cache[key], run, progress=bar, keep_model=lambda result: False,

@@ -12,9 +12,9 @@ zoo or a search engine: reading a space file is instant and has no side effects.
 
 from search.config.records import (METRICS, AirbenchRecipe, Augment, DataConfig, EarlyStopping, Objective,
                                    RunConfig, Schedule, SearchDefaults, SpaceFile, TrainConfig)
-from search.config.spec import (Spec, config_dict, flatten, load_spec, parse_overrides, parse_yaml, resolve,
-                                run_config_from_dict, set_path)
+from search.config.spec import (Spec, check_sweep, config_dict, flatten, load_spec, parse_overrides, parse_yaml,
+                                resolve, run_config_from_dict, set_path)
 
 __all__ = ["METRICS", "AirbenchRecipe", "Augment", "DataConfig", "EarlyStopping", "Objective", "RunConfig",
-           "Schedule", "SearchDefaults", "SpaceFile", "Spec", "TrainConfig", "config_dict", "flatten", "load_spec",
-           "parse_overrides", "parse_yaml", "resolve", "run_config_from_dict", "set_path"]
+           "Schedule", "SearchDefaults", "SpaceFile", "Spec", "TrainConfig", "check_sweep", "config_dict", "flatten",
+           "load_spec", "parse_overrides", "parse_yaml", "resolve", "run_config_from_dict", "set_path"]

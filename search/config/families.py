@@ -45,7 +45,7 @@ class VGGConfig:
 
     airbench94's network (Keller Jordan, 2024) is this family with `stem: whiten`, blocks
     `conv-pool-bn-act-conv-bn-act` of 64/256/256 bias-free convolutions, batch-norm with a
-    frozen scale, momentum 0.4 (Keras's convention) and epsilon 1e-12, GELU, global max
+    frozen scale, momentum 0.6 (Keras's convention) and epsilon 1e-12, GELU, global max
     pooling, a bias-free classifier, logits times 1/9 and `init: airbench` (see
     spaces/vgg_fast.yaml)."""
 
@@ -73,8 +73,9 @@ class VGGConfig:
     whiten_eps: float = Field(5e-4, gt=0)
     whiten_images: int = Field(5000, ge=1)
     conv_bias: bool = True
-    # Batch-norm in Keras's convention: moving = momentum * moving + (1 - momentum) * batch
-    # (PyTorch's momentum 0.6 is Keras's 0.4). bn_scale false: centre only (scale fixed at 1).
+    # Batch-norm in Keras's convention: moving = momentum * moving + (1 - momentum) * batch.
+    # PyTorch's `momentum` is the other weight: its 0.4 is Keras's 0.6 (airbench writes 0.6
+    # and passes 1 - 0.6 to nn.BatchNorm2d). bn_scale false: centre only (scale fixed at 1).
     bn_momentum: float = Field(0.99, ge=0, lt=1)
     bn_epsilon: float = Field(1e-3, gt=0)
     bn_scale: bool = True

@@ -10,9 +10,10 @@ name, search defaults and parameters). `spec.py` reads YAML into them.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from search.config.families import FAMILIES
 from search.config.schema import record
@@ -34,7 +35,10 @@ class DataConfig:
     # Stratified subset of the training split for quick runs (None: all of it).
     train_size: Optional[int] = Field(None, ge=10)
     # Held out from the 50,000 training images, stratified and seeded; selection uses it.
-    val_size: int = Field(5000, ge=10)
+    # 0: no validation split, every training image trains and only the test set is
+    # reported: airbench94's benchmark (train.recipe airbench, `blocksweep train` and
+    # bench/ only; a sweep refuses it, as its objective must never see the test set).
+    val_size: int = Field(5000, ge=0)
     # Subset of the test set (None: all 10,000); the test set is for reporting only.
     test_size: Optional[int] = Field(None, ge=10)
     # Keep only these classes, relabelled 0..k-1 in this order (transfer experiments).
@@ -43,6 +47,13 @@ class DataConfig:
     labels: Literal["sparse", "onehot"] = "sparse"
     augment: Augment = Augment()
     seed: int = 0
+
+    @field_validator("val_size")
+    @classmethod
+    def _val_size_none_or_some(cls, value: int) -> int:
+        if 0 < value < 10:
+            raise ValueError("val_size is 0 (no validation split) or at least 10 images")
+        return value
 
     @model_validator(mode="after")
     def _classes_valid(self):
@@ -88,18 +99,21 @@ class EarlyStopping:
 @record
 class AirbenchRecipe:
     """The airbench94 recipe (Keller Jordan, "94% on CIFAR-10 in 3.29 Seconds on a Single
-    GPU", 2024) as configuration, used when `train.recipe` is airbench.
+    GPU", 2024) as configuration, used when `train.recipe` is airbench. The defaults are
+    airbench94's own values (PyPI sdist `airbench` 0.1.8: `hyp` in
+    airbench/lib_airbench94.py, `train` in airbench/utils.py); tests/test_fast.py pins each.
 
     Units are ours, not airbench's: the loss is the mean cross-entropy of a batch and
     `learning_rate` the step size on its gradient. airbench sums the loss over the batch
     and states lr 11.5 and decay 0.0153 "per 1024 examples", which it converts for
     PyTorch's SGD as lr_torch = 11.5 / (1024 * (1 + 1/(1 - 0.85))) = 1.4648e-3 on the
-    summed loss, i.e. 1.4648e-3 * 1024 = 1.5 on the mean loss; its coupled decay is
-    weight_decay_torch = 0.0153 * 1024 / 11.5 = 1.3624 on the summed gradient, i.e.
-    1.3624 / 1024 = 1.33e-3 on the mean gradient, and 1.3624 / 64 / 1024 = 2.08e-5 for
-    batch-norm biases (whose step is 64x larger but whose decay is not). The update is
-    PyTorch's Nesterov SGD: g = grad + decay * w; v = momentum * v + g;
-    w -= lr * (g + momentum * v).
+    summed loss, i.e. 1.4648e-3 * 1024 = 1.5 on the mean loss of a 1024-image batch (at
+    another batch size B airbench's step on the mean loss is 1.4648e-3 * B; ours stays
+    `learning_rate`). Its coupled decay is weight_decay_torch = 0.0153 * B / 11.5 on the
+    summed gradient, i.e. 0.0153 / 11.5 = 1.3304e-3 on the mean gradient whatever B, and
+    1.3304e-3 / 64 = 2.0788e-5 for batch-norm biases (whose step is 64x larger but whose
+    decay is not). The update is PyTorch's Nesterov SGD: g = grad + decay * w;
+    v = momentum * v + g; w -= lr * (g + momentum * v).
     """
 
     batch_size: int = Field(1024, ge=1)  # clipped to the training set's size
@@ -107,15 +121,16 @@ class AirbenchRecipe:
     momentum: float = Field(0.85, ge=0, lt=1)
     nesterov: bool = True
     label_smoothing: float = Field(0.2, ge=0, lt=1)
-    weight_decay: float = Field(1.33e-3, ge=0)  # coupled, on every trainable variable ...
+    weight_decay: float = Field(0.0153 / 11.5, ge=0)  # coupled, on every trainable variable ...
     bias_lr_scale: float = Field(64.0, gt=0)  # ... except batch-norm parameters: 64x the lr
-    bias_weight_decay: float = Field(2.08e-5, ge=0)  # ... and this decay
+    bias_weight_decay: float = Field(0.0153 / 11.5 / 64, ge=0)  # ... and this decay
     # airbench's multiplier of the learning rate: 0.2 -> 1 over the first 23% of the
     # steps, then down to 0.07 at the end.
     schedule: Schedule = Schedule(kind="onecycle", start_fraction=0.2, peak_fraction=0.23, final_fraction=0.07)
-    # The whitening stem's bias stops training after this many epochs (None: it always
-    # trains; airbench94's own script stops it after 3).
-    whiten_bias_epochs: Optional[float] = Field(None, ge=0)
+    # The whitening stem's bias trains in the first this-many epochs only (airbench: no
+    # gradient, decay or momentum step afterwards; the lookahead still moves it, as it
+    # moves every float variable). None: it trains throughout.
+    whiten_bias_epochs: Optional[int] = Field(3, ge=0)
     # Lookahead: every `lookahead_every` steps ema = d*ema + (1-d)*w and w <- ema, with
     # d = lookahead_decay**lookahead_every * (step/total)**lookahead_power; at the end
     # w <- ema. Applies to every float variable (batch-norm statistics too, as airbench).
@@ -143,7 +158,10 @@ class AirbenchRecipe:
 
 @record
 class TrainConfig:
-    epochs: int = Field(10, ge=1)  # the epochs budget of one trial
+    # The epochs budget of one trial. A fraction (airbench94 trains 9.9) needs train.recipe
+    # airbench, which runs ceil(steps_per_epoch * epochs) optimiser steps, its schedules
+    # over that total, the last epoch partial; `epoch_count` is how many epochs report.
+    epochs: Union[int, float] = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
     learning_rate: float = Field(0.01, gt=0)
@@ -170,8 +188,28 @@ class TrainConfig:
     recipe: Literal["standard", "airbench"] = "standard"
     airbench: AirbenchRecipe = AirbenchRecipe()
 
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _a_number(cls, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected an integer (a fraction only with train.recipe airbench), got {value!r}")
+        return value
+
+    @field_validator("epochs")
+    @classmethod
+    def _whole_epochs_as_int(cls, value):
+        return int(value) if float(value).is_integer() else value
+
+    @property
+    def epoch_count(self) -> int:
+        """The epochs a trial runs and reports to the pruner: `epochs` rounded up."""
+        return math.ceil(self.epochs)
+
     @model_validator(mode="after")
     def _recipe_settings(self):
+        if isinstance(self.epochs, float) and self.recipe != "airbench":
+            raise ValueError(f"train.epochs {self.epochs}: a fraction of an epoch needs train.recipe: airbench "
+                             "(the standard trainer runs whole epochs)")
         if self.recipe == "airbench":
             for name in _RECIPE_REPLACES:  # set but never read: say where it belongs
                 if getattr(self, name) != getattr(_standard_train(), name):
@@ -280,9 +318,12 @@ class SpaceFile:
 
 
 def _check_recipe(config) -> None:
-    """Cross-section rules of the airbench recipe: it trains on the model's logits, and
-    only it computes the TTA accuracy."""
+    """Cross-section rules of the airbench recipe: it trains on the model's logits, only it
+    computes the TTA accuracy, and only it trains without a validation split."""
     airbench = config.train.recipe == "airbench"
+    if config.data.val_size == 0 and not airbench:
+        raise ValueError("data.val_size 0 (no validation split) needs train.recipe: airbench; the standard "
+                         "trainer keeps the epoch that scores best on the validation split")
     if config.objective.metric == "val_tta_accuracy" and not airbench:
         raise ValueError("objective val_tta_accuracy needs train.recipe: airbench")
     if airbench and (config.model.family != "vgg" or config.model.logit_scale is None):

@@ -203,6 +203,20 @@ def _plain(tree: Any) -> Any:
     return tree
 
 
+def check_sweep(spec: Spec) -> None:
+    """What `blocksweep run` refuses that `blocksweep train` accepts: a trial without a
+    validation split. A sweep ranks its trials by a validation objective; with
+    `data.val_size: 0` (airbench's benchmark: train on every training image, report the
+    test set) only the test set would be left to select on. Raises UsageError (one line)."""
+    refusal = ("data.val_size 0 (no validation split: airbench's benchmark, for `blocksweep train`) cannot be "
+               "swept: a sweep selects on the validation split and never sees the test set")
+    if spec.file.data.val_size == 0:
+        raise UsageError(f"{spec.path}: {refusal}")
+    searched = spec.space.params.get("data.val_size")
+    if searched is not None and 0 in searched.candidates():
+        raise UsageError(f"{spec.path}: params.data.val_size: {refusal}")
+
+
 def _fix_conditions(params: dict, key: str, value: Any) -> None:
     """A parameter conditioned on a now-fixed key either always exists (the fixed value
     satisfies the condition) or never does."""

@@ -180,7 +180,7 @@ def make_oracle(tuner: str, sweep: Sweep) -> kt.Oracle:
     elif tuner == "hyperband":
         # The space's epochs budget is Hyperband's max_epochs; iterations are unbounded
         # (None) so that --trials, not Hyperband, ends the sweep.
-        oracle = HyperbandOracle(max_epochs=sweep.spec.file.train.epochs, factor=HYPERBAND_FACTOR,
+        oracle = HyperbandOracle(max_epochs=sweep.spec.file.train.epoch_count, factor=HYPERBAND_FACTOR,
                                  hyperband_iterations=None, **common)
     else:
         raise UsageError(f"--tuner: unknown Keras Tuner algorithm {tuner!r}")
@@ -596,7 +596,7 @@ def _marker(sweep: Sweep) -> dict:
     o = sweep.options
     marker = {"tuner": o.tuner, "objective": f"{sweep.objective.goal} {sweep.metric}"}
     if o.tuner == "hyperband":
-        marker["max_epochs"] = sweep.spec.file.train.epochs
+        marker["max_epochs"] = sweep.spec.file.train.epoch_count
     return marker
 
 

@@ -311,7 +311,7 @@ class OptunaEngine:
         o = sweep.options
         url = storage_url(o.storage)
         sampler = make_sampler(o.sampler, o.seed, sweep.spec.space)  # UsageError when it cannot run
-        pruner = make_pruner(o.pruner, sweep.spec.file.train.epochs)
+        pruner = make_pruner(o.pruner, sweep.spec.file.train.epoch_count)
 
         def on_stale(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
             self.retry(sweep, study, failed, "its worker stopped sending heartbeats (killed or lost)")

@@ -70,7 +70,12 @@ def dense_head(x, head: str, *, units: int, dropout: float, activation: str, num
     if head == "gap":
         x = layers.GlobalAveragePooling2D(name="head_gap")(x)
     elif head == "gmp":
-        x = layers.GlobalMaxPooling2D(name="head_gmp")(x)
+        # A max pooling whose window is the whole map (airbench's nn.MaxPool2d(3) on its
+        # 3x3 map), not GlobalMaxPooling2D: where the maximum is tied, its gradient goes to
+        # the first tied position, as PyTorch's does, where a reduce-max splits it among
+        # them (ties are common: flat image regions give equal activations).
+        x = layers.MaxPooling2D(pool_size=tuple(x.shape[1:3]), name="head_gmp")(x)
+        x = layers.Flatten(name="head_flatten")(x)
     else:
         x = layers.Flatten(name="head_flatten")(x)
         for token in tokens(head):

@@ -1,8 +1,9 @@
 """Custom layers, registered with Keras so saved models load with `safe_mode=True`.
 
 `PatchWhitening` is airbench's frozen first layer: a k x k 'valid' convolution whose
-filters whiten the image's k x k patches (the eigenvectors of their covariance, each
-divided by sqrt(eigenvalue + eps), and their negatives), with a trainable bias. The filters
+filters whiten the image's k x k patches (the eigenvectors of their uncentred covariance,
+each divided by sqrt(eigenvalue + eps), and their negatives), with a trainable bias that
+starts at zero. The filters
 depend on training data, so builders leave them at zero and the trainer sets them from
 the training split (`set_statistics`) before training: builders stay pure functions of
 the config, and the saved model carries the filters as ordinary (non-trainable) weights.
@@ -35,34 +36,36 @@ from keras import ops
 
 
 def patch_covariance(images, kernel_size: int) -> np.ndarray:
-    """Covariance (float64 numpy) of all k x k patches ('valid' positions) of NHWC
-    `images`, each patch flattened in the (row, column, channel) order of a Keras kernel.
+    """Second moment (float64 numpy) of all k x k patches ('valid' positions) of NHWC
+    `images`, each patch flattened in the (row, column, channel) order of a Keras kernel:
+    P.T @ P / n, uncentred, as airbench's `get_whitening_parameters` computes it (the
+    images are already normalised, so the patch mean is near zero anyway).
 
     Written with keras.ops, so a device array stays on its device: the fused JAX path
     passes its resident training images and the ~5M patches of 5,000 images are formed and
     multiplied on the GPU (numpy on a CPU takes ~0.7 s for them, a quarter of airbench's
-    whole training time). float32 products of centred patches; the 12x12 result is small."""
+    whole training time). float32 products; the 12x12 result is small."""
     x = ops.cast(ops.convert_to_tensor(images), "float32")
     _, h, w, channels = x.shape
     rows, cols = h - kernel_size + 1, w - kernel_size + 1
     shifted = [x[:, i:i + rows, j:j + cols, :] for i in range(kernel_size) for j in range(kernel_size)]
     patches = ops.reshape(ops.stack(shifted, axis=3), (-1, kernel_size * kernel_size * channels))
-    patches = patches - ops.mean(patches, axis=0, keepdims=True)
     moment = ops.matmul(ops.transpose(patches), patches)
     return np.asarray(ops.convert_to_numpy(moment), dtype=np.float64) / patches.shape[0]
 
 
 def whitening_kernel(images, kernel_size: int = 2, eps: float = 5e-4) -> np.ndarray:
     """The (k, k, c, 2*k*k*c) kernel whose filters whiten `images`' patches: filter j is
-    eigenvector j of the patch covariance (eigenvalues descending) divided by
+    eigenvector j of the patch second moment (eigenvalues descending) divided by
     sqrt(eigenvalue_j + eps); filters d..2d-1 are their negatives (so a following GELU
-    keeps both signs). The whitened patches have covariance diag(lambda / (lambda + eps)):
-    the identity on every direction whose variance is well above eps."""
+    keeps both signs), as airbench's `init_whitening_conv`. The whitened patches have
+    second moment diag(lambda / (lambda + eps)): the identity on every direction whose
+    energy is well above eps. (An eigenvector's sign is arbitrary: another eigensolver
+    may swap filter j with filter j + d.)"""
     channels = images.shape[-1]
     eigenvalues, eigenvectors = np.linalg.eigh(patch_covariance(images, kernel_size))
     order = np.argsort(eigenvalues)[::-1]
-    eigenvalues = np.clip(eigenvalues[order], 0.0, None)  # round-off can make ~0 slightly negative
-    scaled = eigenvectors[:, order] / np.sqrt(eigenvalues + eps)
+    scaled = eigenvectors[:, order] / np.sqrt(eigenvalues[order] + eps)
     filters = np.concatenate([scaled, -scaled], axis=1)
     return filters.reshape(kernel_size, kernel_size, channels, -1).astype(np.float32)
 

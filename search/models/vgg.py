@@ -8,7 +8,7 @@ The head flattens into a dense layer (or globally averages) before the classifie
 
 airbench94's network (Keller Jordan, 2024) is this family with the options below set:
 a frozen patch-whitening stem (`stem: whiten`), blocks `conv-pool-bn-act-conv-bn-act` of
-64/256/256 bias-free convolutions, batch-norm with a frozen scale, momentum 0.4 (Keras's
+64/256/256 bias-free convolutions, batch-norm with a frozen scale, momentum 0.6 (Keras's
 convention) and epsilon 1e-12, GELU, global max pooling, a bias-free classifier and
 logits times 1/9, initialised as PyTorch does with an identity on each 3x3 convolution's
 first C_in filters (`init: airbench`). See spaces/vgg_fast.yaml.
@@ -16,7 +16,6 @@ first C_in filters (`init: airbench`). See spaces/vgg_fast.yaml.
 
 from __future__ import annotations
 
-import math
 from search.config.families import VGGConfig as Config
 from search.models.blocks import conv_block, dense_head
 
@@ -48,11 +47,8 @@ def build(config: Config, input_shape: tuple[int, int, int], num_classes: int):
     if config.stem == "whiten":
         from search.models.layers import PatchWhitening
 
-        fan_in = config.whiten_kernel ** 2 * input_shape[-1]
-        bias_init = (keras.initializers.RandomUniform(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
-                     if config.init == "airbench" else "zeros")
-        x = PatchWhitening(config.whiten_kernel, config.whiten_eps, bias_initializer=bias_init,
-                           name="stem_whiten")(x)
+        # Its bias starts at zero (airbench's `Conv.reset_parameters` zeroes every bias).
+        x = PatchWhitening(config.whiten_kernel, config.whiten_eps, name="stem_whiten")(x)
         x = keras.layers.Activation(config.activation, name=f"stem_{config.activation}")(x)
     bn_options = {"momentum": config.bn_momentum, "epsilon": config.bn_epsilon, "scale": config.bn_scale}
     for i, (width, rate) in enumerate(zip(config.widths(), config.dropouts())):

@@ -217,9 +217,10 @@ def run(space: str, run_argv: Sequence[str], *, workers: int, gpus: Optional[str
         memory_fraction: Optional[float] = None, overrides: Optional[list[str]] = None,
         engine: Optional[str] = None) -> tuple[int, dict, str]:
     """Check the space file, place the workers, run them, and sum up (see `summarize`)."""
-    from search.config import load_spec, parse_overrides
+    from search.config import check_sweep, load_spec, parse_overrides
 
     spec = load_spec(space, parse_overrides(overrides))  # bad input: one error, not N
+    check_sweep(spec)
     if (engine or spec.file.search.engine) == "kerastuner":
         # One process owns a Keras Tuner project; its many-worker mode is chief + workers.
         raise UsageError("--workers: Keras Tuner sweeps scale out through its own distributed mode (a chief and "

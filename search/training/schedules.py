@@ -35,13 +35,12 @@ def multiplier(schedule, learning_rate: float, steps_per_epoch: int, total_steps
             c1 = schedule.c1 if schedule.c1 is not None else learning_rate * c2
             return (c1 / (step + c2)) / learning_rate
         if schedule.kind == "onecycle":
-            # airbench: linear from start_fraction up to 1 at peak_fraction of training,
-            # then linear down to final_fraction at the end.
-            progress = step / total
-            peak = schedule.peak_fraction
-            up = schedule.start_fraction + (1.0 - schedule.start_fraction) * progress / peak
-            down = 1.0 + (schedule.final_fraction - 1.0) * (progress - peak) / (1.0 - peak)
-            return ops.where(progress < peak, up, down)
+            # airbench's `triangle`: linear from start_fraction at step 0 up to 1 at step
+            # int(peak_fraction * total), then linear down to final_fraction at step total.
+            peak = float(int(schedule.peak_fraction * total))
+            up = schedule.start_fraction + (1.0 - schedule.start_fraction) * step / max(peak, 1.0)
+            down = 1.0 + (schedule.final_fraction - 1.0) * (step - peak) / max(total - peak, 1.0)
+            return ops.where(step < peak, up, down)
         raise ValueError(f"unknown schedule {schedule.kind!r}")
 
     def rate(step):

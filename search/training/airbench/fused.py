@@ -38,6 +38,7 @@ from jax import lax
 
 from search import models
 from search.training.airbench import recipe as rc
+from search.training.airbench.epochs import epoch_steps
 from search.tracking import store
 from search.training.schedules import multiplier
 
@@ -126,21 +127,21 @@ def forward_loss(tv, ntv, xb, yb, *, model, smoothing: float, classes: int):
     return loss, (ntv, jnp.sum(jnp.argmax(logits, -1) == yb))
 
 
-def lookahead(state: dict, tv: list, ntv: list, floats: list[bool], total: int, r) -> tuple[list, list, list, list]:
-    """airbench's lookahead after the step: every `lookahead_every` steps both the weights
-    and the float statistics move to their EMA (recipe.lookahead_update). Returns the new
-    (ema_tv, tv, ema_ntv, ntv)."""
-    count = state["step"].astype(jnp.float32) + 1  # the step just taken, 1-based
-    pairs = [rc.lookahead_update(jnp, e, w, count, total, r) for e, w in zip(state["ema_tv"], tv)]
+def lookahead(state: dict, tv: list, ntv: list, floats: list[bool], decays, every: int) -> tuple[list, ...]:
+    """airbench's lookahead after the step: every `every` steps both the weights and the
+    float statistics move to their EMA (recipe.lookahead_update, d from the `decays`
+    table). Returns the new (ema_tv, tv, ema_ntv, ntv)."""
+    count = state["step"] + 1  # the step just taken, 1-based
+    pairs = [rc.lookahead_update(jnp, e, w, count, decays, every) for e, w in zip(state["ema_tv"], tv)]
     ema_tv, tv = [e for e, _ in pairs], [w for _, w in pairs]
     stats = [v for v, f in zip(ntv, floats) if f]
-    pairs = [rc.lookahead_update(jnp, e, v, count, total, r) for e, v in zip(state["ema_ntv"], stats)]
+    pairs = [rc.lookahead_update(jnp, e, v, count, decays, every) for e, v in zip(state["ema_ntv"], stats)]
     ema_ntv, synced = [e for e, _ in pairs], iter([v for _, v in pairs])
     ntv = [next(synced) if f else v for v, f in zip(ntv, floats)]
     return ema_tv, tv, ema_ntv, ntv
 
 
-def train_step(state: dict, xb, yb, *, model, groups, rate, r, total: int, floats: list[bool], classes: int):
+def train_step(state: dict, xb, yb, *, model, groups, rate, r, decays, floats: list[bool], classes: int):
     """One optimiser step on one batch: gradients of `forward_loss`, then per variable
     PyTorch's SGD with its group's lr scale and coupled decay (zero lr once a group's last
     step has passed: the whitening bias freeze), then the lookahead. Returns
@@ -157,7 +158,7 @@ def train_step(state: dict, xb, yb, *, model, groups, rate, r, total: int, float
         velocity.append(v)
     ema_tv, ema_ntv = state["ema_tv"], state["ema_ntv"]
     if r.lookahead:
-        ema_tv, tv, ema_ntv, ntv = lookahead(state, tv, ntv, floats, total, r)
+        ema_tv, tv, ema_ntv, ntv = lookahead(state, tv, ntv, floats, decays, r.lookahead_every)
     new = {"tv": tv, "ntv": ntv, "velocity": velocity, "ema_tv": ema_tv, "ema_ntv": ema_ntv, "step": step + 1}
     return new, loss, right
 
@@ -172,16 +173,15 @@ def one_step(state, x_epoch, y_epoch, s, *, batch: int, step):
     return step(state, xb, yb)
 
 
-def run_steps(state, x_epoch, y_epoch, first, count: int, *, steps_per_epoch: int, one):
+def run_steps(state, x_epoch, y_epoch, first, count: int, *, one):
     """Steps first..first+count-1 of the epoch in one `lax.fori_loop` (`count` is static:
-    XLA sees the trip count). Each step's loss and correct count land in the epoch's
-    arrays at the step's own index, zeros elsewhere, so chunks add up to the epoch."""
+    XLA sees the trip count). Returns the state and the steps' losses and correct counts."""
     def body(i, carry):
         state, losses, right = carry
         state, loss, ok = one(state, x_epoch, y_epoch, first + i)
-        return state, losses.at[first + i].set(loss), right.at[first + i].set(ok)
+        return state, losses.at[i].set(loss), right.at[i].set(ok)
 
-    init = (state, jnp.zeros(steps_per_epoch, jnp.float32), jnp.zeros(steps_per_epoch, jnp.int32))
+    init = (state, jnp.zeros(count, jnp.float32), jnp.zeros(count, jnp.int32))
     return lax.fori_loop(0, count, body, init)
 
 
@@ -214,11 +214,15 @@ def finish_lookahead(state: dict, floats: list[bool]) -> dict:
 
 class FusedTrainer:
     """One trial of the recipe: the state, and the functions above compiled for it (the
-    trainer interface of `epochs.run_epochs`; every call returns at once)."""
+    trainer interface of `epochs.run_epochs`; every call returns at once).
+
+    `net`: the network to train, its whitening filters already set (a test or a reference
+    run gives both trainers the same one); None builds it from the config and sets the
+    filters from the resident training images."""
 
     asynchronous = True
 
-    def __init__(self, config, splits):
+    def __init__(self, config, splits, net=None):
         import keras
 
         enable_compilation_cache()
@@ -227,14 +231,15 @@ class FusedTrainer:
         aug = config.data.augment
         # The network, its whitening filters computed on the device from the resident images.
         x_train = jax.device_put(splits.x_train)
-        self.net = models.build_model(config.model, splits.input_shape, splits.num_classes)
-        models.fit_statistics(self.net, config.model, x_train)
+        if net is None:
+            net = models.build_model(config.model, splits.input_shape, splits.num_classes)
+            models.fit_statistics(net, config.model, x_train)
+        self.net = net
         self.model = rc.logits_model(self.net)
         mixed = keras.mixed_precision.dtype_policy().name == "mixed_bfloat16"
-        dtype = jnp.bfloat16 if mixed else jnp.float32
-        self.batch_size, self.steps_per_epoch = rc.shape_of(config, splits)
-        B, S = self.batch_size, self.steps_per_epoch
-        total = S * config.train.epochs
+        self.dtype = dtype = jnp.bfloat16 if mixed else jnp.float32
+        self.batch_size, self.steps_per_epoch, self.total_steps = rc.shape_of(config, splits)
+        B, S, total = self.batch_size, self.steps_per_epoch, self.total_steps
         k = splits.num_classes
         size = splits.x_train.shape[1]
 
@@ -246,16 +251,17 @@ class FusedTrainer:
         eval_size = min(r.eval_batch_size, max(len(splits.x_val), len(splits.x_test)))
         self.splits = {name: eval_batches(getattr(splits, f"x_{name}"), rc.int_labels(getattr(splits, f"y_{name}")),
                                           eval_size, dtype)
-                       for name in ("val", "test")}
+                       for name in ("val", "test") if len(getattr(splits, f"x_{name}"))}
         # the state and the functions, with the trial's constants bound
         self.state, self.floats = initial_state(self.model)
         self.rate = multiplier(r.schedule, r.learning_rate, S, total)
         prepare = functools.partial(epoch_data, batch=B, steps=S, translate=aug.translate, flip=aug.flip,
                                     flip_mode=r.flip, size=size)
         step = functools.partial(train_step, model=self.model, groups=rc.variable_groups(self.model, r, S),
-                                 rate=self.rate, r=r, total=total, floats=self.floats, classes=k)
+                                 rate=self.rate, r=r, decays=jnp.asarray(rc.lookahead_decays(total, r)),
+                                 floats=self.floats, classes=k)
         one = functools.partial(one_step, batch=B, step=step)
-        steps = functools.partial(run_steps, steps_per_epoch=S, one=one)
+        self._chunked = jax.jit(functools.partial(run_steps, one=one), static_argnums=4)
         evaluate = functools.partial(eval_batch, model=self.model, level=r.tta_level, smoothing=r.label_smoothing,
                                      classes=k)
         self.setup_seconds = time.perf_counter() - started
@@ -267,34 +273,48 @@ class FusedTrainer:
         # dispatch costs nothing next to a CPU step.
         started = time.perf_counter()
         i32 = jnp.zeros((), jnp.int32)
-        x_epoch = jax.ShapeDtypeStruct((B * S, size, size, 3), dtype)
-        y_epoch = jax.ShapeDtypeStruct((B * S,), jnp.int32)
-        xs, ys, ms, _ = self.splits["val"]
+        self.epoch_shape = (jax.ShapeDtypeStruct((B * S, size, size, 3), dtype),
+                            jax.ShapeDtypeStruct((B * S,), jnp.int32))
+        xs, ys, ms, _ = self.splits["test"]
         self.chunk = r.steps_per_dispatch or (S if jax.default_backend() != "cpu" else 1)
         self._prepare = jax.jit(prepare).lower(self.padded, self.labels, self.pattern, self.key, i32).compile()
-        if self.chunk == 1:
-            self._step = jax.jit(one).lower(self.state, x_epoch, y_epoch, i32).compile()
-        else:  # one executable per chunk length (two when the chunk does not divide the epoch)
-            counts = {min(self.chunk, S - first) for first in range(0, S, self.chunk)}
-            jitted = jax.jit(steps, static_argnums=4)
-            self._steps = {c: jitted.lower(self.state, x_epoch, y_epoch, i32, c).compile() for c in counts}
+        self._step = jax.jit(one).lower(self.state, *self.epoch_shape, i32).compile() if self.chunk == 1 else None
+        self._steps = {}  # chunk length -> executable; now those that the trial's epochs need
+        for steps in set(epoch_steps(S, total)) if self.chunk > 1 else ():
+            for first in range(0, steps, self.chunk):
+                self._steps_of(min(self.chunk, steps - first))
         self._eval = jax.jit(evaluate).lower(self.state["tv"], self.state["ntv"], xs[0], ys[0], ms[0]).compile()
         self.compile_seconds = time.perf_counter() - started
 
+    def _steps_of(self, count: int):
+        """The executable that runs `count` fused steps (compiled once per length; a test
+        or a reference run may ask for lengths that a trial's epochs do not)."""
+        if count not in self._steps:
+            self._steps[count] = self._chunked.lower(self.state, *self.epoch_shape, jnp.zeros((), jnp.int32),
+                                                     count).compile()
+        return self._steps.get(count)
+
     # ---- the trainer interface of epochs.run_epochs
 
-    def train_epoch(self, epoch: int):
-        x, y = self._prepare(self.padded, self.labels, self.pattern, self.key, jnp.int32(epoch))
+    def epoch_data(self, epoch: int):
+        """The epoch's augmented images and labels, made on the device (step s trains on
+        the s-th batch of them)."""
+        return self._prepare(self.padded, self.labels, self.pattern, self.key, jnp.int32(epoch))
+
+    def train_steps(self, x, y, first: int, count: int):
+        """Optimiser steps first..first+count-1 of an epoch whose images are `x`, `y`
+        (device arrays from `epoch_data`, or host arrays of the same shape)."""
+        x, y = jnp.asarray(x, self.dtype), jnp.asarray(y, jnp.int32)
         losses, right = [], []
         if self.chunk == 1:
-            for s in range(self.steps_per_epoch):
+            for s in range(first, first + count):
                 self.state, loss, ok = self._step(self.state, x, y, jnp.int32(s))
                 losses.append(loss)
                 right.append(ok)
             return "steps", losses, right
-        for first in range(0, self.steps_per_epoch, self.chunk):
-            count = min(self.chunk, self.steps_per_epoch - first)
-            self.state, loss, ok = self._steps[count](self.state, x, y, jnp.int32(first))
+        for start in range(first, first + count, self.chunk):
+            run = self._steps_of(min(self.chunk, first + count - start))
+            self.state, loss, ok = run(self.state, x, y, jnp.int32(start))
             losses.append(loss)
             right.append(ok)
         return "chunks", losses, right
@@ -303,8 +323,8 @@ class FusedTrainer:
         kind, losses, right = handle
         if kind == "steps":  # one scalar per step
             return np.array([float(v) for v in losses]), float(sum(int(v) for v in right))
-        # each chunk filled its own steps of the epoch's arrays, zeros elsewhere
-        return np.sum([np.asarray(v) for v in losses], axis=0), float(sum(np.asarray(v).sum() for v in right))
+        # one array per chunk, a value per step
+        return np.concatenate([np.asarray(v) for v in losses]), float(sum(np.asarray(v).sum() for v in right))
 
     def finish_lookahead(self):
         if self.recipe.lookahead:

@@ -13,7 +13,7 @@ import numpy as np
 from keras import ops
 
 from search.training.airbench.recipe import (augment, epoch_flips, eval_metrics, eval_sums, flip_pattern, int_labels,
-                                             logits_model, lookahead_update, pad_reflect, shape_of,
+                                             logits_model, lookahead_decays, lookahead_update, pad_reflect, shape_of,
                                              smoothed_cross_entropy, sgd_update, tta_logits, variable_groups)
 from search.training.components import build_model
 from search.training.schedules import keras_schedule
@@ -61,7 +61,7 @@ class Lookahead(keras.callbacks.Callback):
 
     def __init__(self, recipe, total_steps: int):
         super().__init__()
-        self.recipe, self.total = recipe, total_steps
+        self.every, self.decays = recipe.lookahead_every, lookahead_decays(total_steps, recipe)
         self.step = 0
         self.ema: Optional[list[np.ndarray]] = None
 
@@ -74,11 +74,14 @@ class Lookahead(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
-        if self.step % self.recipe.lookahead_every:
+        if self.step % self.every:
             return
+        # Under JAX, fit keeps the state outside the variables between steps; this public
+        # call writes it back (and fit reads the variables again before its next step).
+        getattr(self.model, "jax_state_sync", lambda: None)()
         for i, variable in enumerate(self._variables()):
             self.ema[i], w = lookahead_update(np, self.ema[i], ops.convert_to_numpy(variable), self.step,
-                                              self.total, self.recipe)
+                                              self.decays, self.every)
             variable.assign(w)
 
     def finish(self):
@@ -107,23 +110,26 @@ class _StepLosses(keras.callbacks.Callback):
 
 class KerasTrainer:
     """The recipe through Keras `fit` on any backend: the epoch's augmented images are
-    made on the host (same functions and rules as the fused path), then one `fit` epoch
+    made on the host (same functions and rules as the fused path), then `fit` over them
     with `RecipeSGD`, the schedule, label smoothing and the `Lookahead` callback; TTA
-    evaluation runs the logits model eagerly."""
+    evaluation runs the logits model eagerly.
+
+    `net`: the network to train, its whitening filters already set (a test or a reference
+    run gives both trainers the same one); None builds it from the config and the data."""
 
     asynchronous = False
 
-    def __init__(self, config, splits):
+    def __init__(self, config, splits, net=None):
         started = time.perf_counter()
         self.config, self.splits = config, splits
         recipe = config.train.airbench
         self.recipe = recipe
-        self.net = build_model(config, splits)
+        self.net = build_model(config, splits) if net is None else net
         self.model = logits_model(self.net)
         self.num_classes = splits.num_classes
-        self.batch_size, self.steps_per_epoch = shape_of(config, splits)
-        total = self.steps_per_epoch * config.train.epochs
-        self.schedule = keras_schedule(recipe.schedule, recipe.learning_rate, self.steps_per_epoch, total)
+        self.batch_size, self.steps_per_epoch, self.total_steps = shape_of(config, splits)
+        self.schedule = keras_schedule(recipe.schedule, recipe.learning_rate, self.steps_per_epoch,
+                                       self.total_steps)
         groups = variable_groups(self.model, recipe, self.steps_per_epoch)
         by_path = {v.path: group for v, group in zip(self.model.trainable_variables, groups)}
         optimizer = RecipeSGD(self.schedule, recipe.momentum, recipe.nesterov, by_path)
@@ -133,7 +139,7 @@ class KerasTrainer:
             return smoothed_cross_entropy(logits, y_true, smoothing, k)
 
         self.model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
-        self.callbacks = [Lookahead(recipe, total)] if recipe.lookahead else []
+        self.callbacks = [Lookahead(recipe, self.total_steps)] if recipe.lookahead else []
         self.step_losses = _StepLosses()
         aug = config.data.augment
         self.translate, self.flip = aug.translate, aug.flip
@@ -145,6 +151,8 @@ class KerasTrainer:
         self.compile_seconds = 0.0  # Keras compiles inside the first fit
 
     def epoch_data(self, epoch: int):
+        """The epoch's `batch * steps_per_epoch` augmented training images and labels, in
+        step order."""
         n, m = len(self.labels), self.batch_size * self.steps_per_epoch
         index = self.rng.permutation(n)[:m]
         offsets = self.rng.integers(0, 2 * self.translate + 1, size=(m, 2))
@@ -156,9 +164,12 @@ class KerasTrainer:
             flips = self.rng.random(m) < 0.5
         return augment(np, self.padded, index, offsets, flips, self.splits.x_train.shape[1]), self.labels[index]
 
-    def train_epoch(self, epoch: int):
-        x, y = self.epoch_data(epoch)
-        self.model.fit(x, y, batch_size=self.batch_size, epochs=1, shuffle=False, verbose=0,
+    def train_steps(self, x, y, first: int, count: int):
+        """Optimiser steps first..first+count-1 of an epoch whose images are `x`, `y` (step s
+        trains on batch s). Returns the steps' losses and the count of right predictions."""
+        b = self.batch_size
+        x, y = x[first * b:(first + count) * b], y[first * b:(first + count) * b]
+        self.model.fit(x, y, batch_size=b, epochs=1, shuffle=False, verbose=0,
                        callbacks=[*self.callbacks, self.step_losses])
         return self.step_losses.losses(), float(self.step_losses.accuracy) * len(y)
 

@@ -10,6 +10,7 @@ or `jax.numpy`) as `xp`; model-level ones use `keras.ops`, so they run on every 
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import keras
@@ -110,8 +111,9 @@ def variable_groups(model, recipe, steps_per_epoch: int) -> list[tuple[float, fl
                 kind[id(v)] = "norm"
             elif isinstance(layer, PatchWhitening):
                 kind[id(v)] = "whiten"
-    limit = (None if recipe.whiten_bias_epochs is None
-             else int(round(recipe.whiten_bias_epochs * steps_per_epoch)))
+    # airbench: `model[0].bias.requires_grad = (epoch < whiten_bias_epochs)`, so optimiser
+    # steps 0 .. whiten_bias_epochs * steps_per_epoch - 1 move it, and no later one does.
+    limit = None if recipe.whiten_bias_epochs is None else recipe.whiten_bias_epochs * steps_per_epoch
     groups = []
     for v in model.trainable_variables:
         k = kind.get(id(v))
@@ -132,28 +134,38 @@ def sgd_update(w, g, v, lr, momentum: float, nesterov: bool, decay: float):
     return w - lr * (g + momentum * v if nesterov else v), v
 
 
-def lookahead_decay(step, total_steps: int, recipe):
-    """d = decay**every * (step / total)**power: the EMA's weight on its past at `step`
-    (small early, so the EMA follows the weights; large late, so it averages them)."""
-    return recipe.lookahead_decay ** recipe.lookahead_every * (step / total_steps) ** recipe.lookahead_power
+def lookahead_decays(total_steps: int, recipe) -> np.ndarray:
+    """d for every step count 0..total_steps, the EMA's weight on its past:
+    decay**every * (step / total)**power (small early, so the EMA follows the weights;
+    large late, so it averages them). float32, computed once, as airbench's
+    `alpha_schedule = 0.95**5 * (torch.arange(total + 1) / total)**3`; both trainers read
+    this one table, so they use the same d to the bit."""
+    fraction = np.arange(total_steps + 1, dtype=np.float32) / np.float32(total_steps)
+    d = np.float32(recipe.lookahead_decay ** recipe.lookahead_every) * fraction ** np.float32(recipe.lookahead_power)
+    return d.astype(np.float32)
 
 
-def lookahead_update(xp, ema, w, step, total_steps: int, recipe):
+def lookahead_update(xp, ema, w, step, decays, every: int):
     """airbench's lookahead after optimiser step number `step` (1-based): when step is a
-    multiple of `lookahead_every`, ema = d * ema + (1 - d) * w and w <- ema; otherwise
-    both unchanged. Returns (ema, w). `xp` is numpy or jax.numpy (step may be traced)."""
-    sync = step % recipe.lookahead_every == 0
-    d = lookahead_decay(step, total_steps, recipe)
+    multiple of `every`, ema = d * ema + (1 - d) * w with d = decays[step] and w <- ema;
+    otherwise both unchanged. Returns (ema, w). `xp` is numpy or jax.numpy (step may be
+    traced)."""
+    sync = step % every == 0
+    d = decays[step]
     ema = xp.where(sync, d * ema + (1 - d) * w, ema)
     return ema, xp.where(sync, ema, w)
 
 
-def shape_of(config, splits) -> tuple[int, int]:
-    """(batch size, steps per epoch): airbench drops the last partial batch; a batch
-    larger than the training set shrinks to it."""
+def shape_of(config, splits) -> tuple[int, int, int]:
+    """(batch size, steps per epoch, total steps) of a trial. airbench drops the last
+    partial batch and trains `total_train_steps = ceil(len(train_loader) * epochs)` steps:
+    the same expression here, so a fractional budget gives its step count exactly (50,000
+    images, batch 1024, 9.9 epochs: 48 steps an epoch, 476 in all, the tenth epoch 44
+    steps). A batch larger than the training set shrinks to it."""
     n = len(splits.x_train)
     batch = min(config.train.airbench.batch_size, n)
-    return batch, n // batch
+    steps_per_epoch = n // batch
+    return batch, steps_per_epoch, math.ceil(steps_per_epoch * config.train.epochs)
 
 
 def eval_metrics(sums, count: int) -> dict:
