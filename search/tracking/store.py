@@ -90,7 +90,8 @@ def digest_arrays(arrays) -> str:
     for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(f"{a.shape}{a.dtype}".encode())
-        h.update(memoryview(a).cast("B"))
+        if a.size:  # memoryview cannot cast an empty array's view (its shape holds a zero)
+            h.update(memoryview(a).cast("B"))
     return h.hexdigest()
 
 

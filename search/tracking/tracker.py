@@ -165,6 +165,8 @@ def dataset_inputs(splits) -> list[DatasetInput]:
     inputs = []
     for context, x, y in SPLITS:
         features, targets = getattr(splits, x), getattr(splits, y)
+        if not len(features):  # no validation split (airbench's benchmark mode, data.val_size 0)
+            continue
         with warnings.catch_warnings():  # MLflow registers two local-file sources and says so
             warnings.simplefilter("ignore", UserWarning)
             data = mlflow.data.from_numpy(features, source=source, targets=targets, name=DATASET_NAME,
