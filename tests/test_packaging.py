@@ -179,6 +179,6 @@ def test_the_schema_accepts_the_shipped_spaces_and_refuses_what_the_loader_refus
     for key, value, why in [("train", {**raw["train"], "epoch": 3}, "'epoch' was unexpected"),
                             ("model", {**raw["model"], "family": "vgg16"}, "'vgg16'"),
                             ("search", {**raw["search"], "sampler": "annealing"}, "'annealing' is not one of"),
-                            ("data", {**raw["data"], "val_size": 5}, "5 is less than the minimum of 10")]:
+                            ("data", {**raw["data"], "val_size": -1}, "-1 is less than the minimum of 0")]:
         errors = [e.message for e in validator.iter_errors({**raw, key: value})]
         assert any(why in m for m in errors), (key, errors)
