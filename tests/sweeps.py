@@ -67,12 +67,17 @@ def kill_mid_trial(args: list[str], cwd, tracking_uri: str, study: str, trial: i
     client = MlflowClient(tracking_uri)
     try:
         def mid_training():
+            assert worker.poll() is None, f"the sweep exited ({worker.returncode}) before trial {trial} ran"
             exp = client.get_experiment_by_name(study)
             if exp is None:
                 return None
             runs = client.search_runs([exp.experiment_id], f"tags.`blocksweep.trial` = '{trial}'")
-            return runs and runs[0].info.status == "RUNNING" and client.get_metric_history(
-                runs[0].info.run_id, "val_accuracy")
+            if not runs:
+                return None
+            # A trial that ended before a poll saw it mid-training would make the wait time out
+            # with no clue; the callers give it enough epochs that a poll lands inside it.
+            assert runs[0].info.status == "RUNNING", f"trial {trial} ended ({runs[0].info.status}) before the kill"
+            return client.get_metric_history(runs[0].info.run_id, "val_accuracy")
 
         wait_for(mid_training, 180, f"trial {trial} to be mid-training")
         os.killpg(worker.pid, signal.SIGKILL)

@@ -245,7 +245,7 @@ def test_a_second_process_on_the_same_project_is_refused(cli, capsys, workdir, w
 def test_kill_9_mid_trial_then_rerun_retries_it_and_keeps_the_rest(workdir, write_space, tiny_cifar, tracking_uri):
     space = write_space()
     args = [sys.executable, "-m", "search", "run", str(space), "--engine", "kerastuner", "--data-dir",
-            str(tiny_cifar), "--quiet", "--study", "crash", "--set", "train.epochs=6"]
+            str(tiny_cifar), "--quiet", "--study", "crash", "--set", "train.epochs=24"]
     kill_mid_trial(args + ["--trials", "3"], workdir, tracking_uri, "crash")
     assert kt_trials(workdir, "crash")[1]["status"] == "RUNNING"  # what Keras Tuner was left with
     _, _, before = sweep_runs(tracking_uri, "crash")

@@ -74,7 +74,7 @@ def test_same_seed_gives_the_same_sequence_of_trials(cli, write_space, tiny_cifa
 def test_kill_9_mid_trial_then_rerun_retries_it_and_keeps_the_rest(workdir, write_space, tiny_cifar, tracking_uri):
     space = write_space()
     args = [sys.executable, "-m", "search", "run", str(space), "--data-dir", str(tiny_cifar), "--quiet",
-            "--study", "crash", "--heartbeat", "1", "--set", "train.epochs=8"]
+            "--study", "crash", "--heartbeat", "1", "--set", "train.epochs=30"]
     kill_mid_trial(args + ["--trials", "3"], workdir, tracking_uri, "crash")
     _, _, before = sweep_runs(tracking_uri, "crash")
     trial0 = next(c for c in before if c.data.tags["blocksweep.trial"] == "0")
