@@ -28,11 +28,14 @@ def test_failing_trials_are_recorded_and_the_sweep_stops_at_max_failures(cli, ca
                                                                         tracking_uri):
     code = cli("run", write_space(), "--data-dir", tiny_cifar, "--quiet", "--study", "nan", "--trials", "5",
                "--max-failures", "2", "--set", "train.learning_rate=1e12", "--set", "train.loss_window=1")
-    out = capsys.readouterr().out
-    assert code == 0 and "2 trials failed (--max-failures 2)" in out
+    out, err = capsys.readouterr()
+    assert "2 trials failed (--max-failures 2)" in out
+    # Every trial failed: exit 1, the count and the first reason (it exited 0).
+    assert code == 1 and err.startswith("blocksweep: all 2 trials of this run failed; the first: trial 0: ")
+    assert "loss became" in err and len(err.strip().splitlines()) == 1
     assert [t.state.name for t in optuna_study("nan").trials] == ["FAIL", "FAIL"]
-    _, _, children = sweep_runs(tracking_uri, "nan")
-    assert len(children) == 2
+    _, [parent], children = sweep_runs(tracking_uri, "nan")
+    assert len(children) == 2 and parent.info.status == "FAILED"
     for child in children:
         assert child.info.status == "FAILED" and "loss became" in child.data.tags["blocksweep.reason"]
 
