@@ -16,7 +16,7 @@ import sys
 import threading
 
 from search.version import __version__
-from search.errors import Interrupted, TrialFailed, UsageError, interrupted
+from search.errors import Interrupted, StoreBusy, TrialFailed, UsageError, interrupted
 
 ENGINES = ("optuna", "kerastuner")
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "grid")
@@ -396,6 +396,9 @@ def _main(argv: list[str] | None) -> int:
         return 2
     except TrialFailed as err:
         print(f"blocksweep: training failed: {err}", file=sys.stderr)
+        return 1
+    except StoreBusy as err:
+        print(f"blocksweep: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:
         stop = interrupted(err)

@@ -27,6 +27,13 @@ class TrialFailed(Exception):
     exit_code = 1
 
 
+class StoreBusy(Exception):
+    """A shared store's lock that was not granted in time (another worker stalled while
+    holding it, or the database is overloaded): one line, exit code 1."""
+
+    exit_code = 1
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM. A sweep that stopped on it carries its partial `summary` (the
     counts so far, read from the study), which the command line prints before exiting."""

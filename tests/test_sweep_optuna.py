@@ -158,3 +158,25 @@ def test_a_rerun_with_another_kind_of_parameter_is_refused_before_touching_mlflo
     refused_rerun(cli, capsys, tracking_uri, [write_space(), "--data-dir", tiny_cifar, "--set", "train.epochs=1"],
                   [changed, "--data-dir", tiny_cifar, "--set", "train.epochs=1"],
                   ["parameter train.learning_rate was sampled as", "use another --study"])
+
+
+def test_hyperband_budget_is_the_most_epochs_any_trial_can_run(workdir):
+    import yaml
+
+    from search.config import load_spec
+    from search.engines.optuna_engine import OptunaEngine, max_trial_epochs
+    from search.trials.sweep import Sweep, SweepOptions
+    from tests.conftest import REPO
+
+    tiny = yaml.safe_load(TINY_SPACE)  # train.epochs 2, not searched
+    assert max_trial_epochs(load_spec(tiny)) == 2
+    searched = {**tiny, "params": {**tiny["params"], "train.epochs": {"type": "int", "low": 1, "high": 6}}}
+    assert max_trial_epochs(load_spec(searched)) == 6  # was the file's 2: Hyperband cut every trial at 2
+    chosen = {**tiny, "params": {**tiny["params"], "train.epochs": {"type": "categorical", "choices": [3, 9]}}}
+    assert max_trial_epochs(load_spec(chosen)) == 9
+    # Fine-tuning runs its head epochs (5) first, then train.epochs (12).
+    assert max_trial_epochs(load_spec(str(REPO / "spaces" / "transfer_demo.yaml"))) == 17
+    options = SweepOptions(study="hb", pruner="hyperband", storage=f"sqlite:///{workdir / 'hb.db'}")
+    study, _, _ = OptunaEngine().open_study(Sweep(spec=load_spec(searched), dataset=None, tracker=None,
+                                                  options=options))
+    assert study.pruner._max_resource == 6  # the study's pruner gets it (Optuna has no public getter)

@@ -30,7 +30,7 @@ from optuna.trial import TrialState as OptunaState
 
 from search.config.space import CategoricalParam, Condition, DefaultSuggester, FloatParam, IntParam, ParamSpec, Space
 from search.engines.optuna_storage import cannot_open, storage_url
-from search.errors import UsageError, first_line, interrupted
+from search.errors import StoreBusy, UsageError, first_line, interrupted
 from search.tracking import urls
 from search.training.results import TrialState
 from search.trials.sweep import Sweep, SweepSummary
@@ -251,6 +251,8 @@ def make_storage(url: str, heartbeat: float, on_stale) -> optuna.storages.RDBSto
         with _quiet_experimental(), urls.exclusive(url, "optuna schema"):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval,
                                               grace_period=3 * interval, **{hook: on_stale})
+    except StoreBusy:  # reached, but its schema lock stays taken: says so itself
+        raise
     except Exception as err:  # bad URL, unreachable server, missing driver
         raise cannot_open(url, err) from None
 
