@@ -338,6 +338,9 @@ def _best(study: optuna.Study) -> tuple[Optional[int], Optional[float], Optional
 class OptunaEngine:
     name = "optuna"
 
+    def __init__(self):
+        self._unmirrored: list[tuple[str, str]] = []  # (trial key, reason) to mirror into MLflow
+
     def check(self, sweep: Sweep) -> None:
         """Open (or create) the study before the MLflow parent exists, so that a bad
         --storage, a study of the other direction or of another space is refused before
@@ -366,9 +369,6 @@ class OptunaEngine:
             with _quiet_experimental():
                 study.set_metric_names([sweep.metric])
         return study, storage, url
-
-    def __init__(self):
-        self._unmirrored: list[tuple[str, str]] = []  # (trial key, reason) to mirror into MLflow
 
     @staticmethod
     def _enqueue_retry(study: optuna.Study, failed: optuna.trial.FrozenTrial, why: str) -> str:
