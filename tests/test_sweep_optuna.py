@@ -118,6 +118,18 @@ def test_timeout_bounds_the_invocation(cli, capsys, write_space, tiny_cifar, tra
     assert len(optuna_study("short").trials) == 1
 
 
+def test_the_parent_is_finished_only_once_the_study_budget_is_done(cli, write_space, tiny_cifar, tracking_uri):
+    space = write_space()
+    common = ["run", space, "--data-dir", tiny_cifar, "--quiet", "--study", "budget", "--study-trials", "2",
+              "--set", "train.epochs=1"]
+    assert cli(*common, "--timeout", "0.001") == 0  # one trial of the two, then the timeout
+    _, [parent], _ = sweep_runs(tracking_uri, "budget")
+    assert parent.info.status == "KILLED"  # was FINISHED with half the budget
+    assert cli(*common) == 0
+    _, [parent], children = sweep_runs(tracking_uri, "budget")
+    assert parent.info.status == "FINISHED" and len(children) == 2
+
+
 def test_a_keras_tuner_study_is_not_resumed_by_optuna(cli, capsys, write_space, tiny_cifar, tracking_uri):
     space = write_space()
     assert cli("run", space, "--data-dir", tiny_cifar, "--quiet", "--engine", "kerastuner", "--study", "kt",
