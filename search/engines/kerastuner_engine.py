@@ -25,7 +25,9 @@ Keras Tuner 1.4.8 facts this module relies on (read in its source; pinned <1.5):
   process killed mid-trial therefore gets that trial back on the rerun; `run_trial` finds
   the earlier attempt's MLflow child by the trial key, marks it failed ("interrupted...")
   and trains the same values again as a new child (tags `blocksweep.retry_of`,
-  `blocksweep.attempt`), at most `MAX_RETRIES` times.
+  `blocksweep.attempt`), at most `MAX_RETRIES` times. A process stopped by Ctrl-C or SIGTERM
+  leaves its trial the same way (so it is retried too), having closed its child run failed
+  with the signal and the parent KILLED.
 * Keras Tuner has no pruned state and no per-epoch pruner; early stopping is Hyperband's
   successive halving across trials. `--sampler` and `--pruner` are Optuna's.
 * `Oracle(seed=0)` means "no seed" (`seed or random.randint(...)`), hence `kt_seed`.
@@ -580,26 +582,26 @@ class KerasTunerEngine:
             except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM
                 stop = interrupted(err)
                 tuner.interrupt(stop.name)
-                stop.summary = self._finish(sweep, tuner, who, stop.name, interrupted=True)
+                stop.summary = self._finish(sweep, tuner, who, stop.name, signalled=True)
                 raise stop from None
             return self._finish(sweep, tuner, who, stopped)
 
     def _finish(self, sweep: Sweep, tuner: SweepTuner, who: str, stopped: str,
-                interrupted: bool = False) -> SweepSummary:
+                signalled: bool = False) -> SweepSummary:
         """Mirror the study into the parent and close it, and sum up. After Ctrl-C or
-        SIGTERM (`interrupted`), the trial this process was running waits for its retry
+        SIGTERM (`signalled`), the trial this process was running waits for its retry
         and no longer runs. A worker never closes the parent: the chief does, once every
         trial has ended."""
         o = sweep.options
         if who != "worker":
             tuner.refresh()
         counts = dict(tuner.last_counts)
-        if interrupted and tuner.current_key is not None and who != "worker" and counts.get("running"):
+        if signalled and tuner.current_key is not None and who != "worker" and counts.get("running"):
             counts["running"] -= 1
             counts["waiting"] = counts.get("waiting", 0) + 1
         number, value, run_id = tuner.last_best
         ran = sweep.counts
-        if interrupted:
+        if signalled:
             outcome = "killed"
         elif (ran.failed and not ran.completed) or stopped.endswith(f"(--max-failures {o.max_failures})"):
             outcome = "failed"
