@@ -1,17 +1,22 @@
 """The `blocksweep` command line: parse flags, call one function in `commands`, print.
 
 Exit codes: 0 success (a one-line summary, or JSON with --json); 1 a training that broke
-(the reason); 2 bad input (one line saying what and where; nothing ran).
+(the reason), or a sweep whose every trial failed; 2 bad input (one line saying what and
+where; nothing ran); 130 after Ctrl-C and 143 after SIGTERM (the running trial recorded
+interrupted and enqueued again).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 
 from search.version import __version__
-from search.errors import TrialFailed, UsageError
+from search.errors import Interrupted, StoreBusy, TrialFailed, UsageError, interrupted
 
 ENGINES = ("optuna", "kerastuner")
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "grid")
@@ -251,13 +256,22 @@ def cmd_run(args) -> int:
         _print(args, summary, line)
         return code
 
-    summary = commands.sweep(
-        args.space, engine=args.engine, trials=args.trials, study_trials=args.study_trials, timeout=args.timeout,
-        study=args.study, storage=args.storage, sampler=args.sampler, pruner=args.pruner, tuner=args.tuner,
-        seed=args.seed, max_failures=args.max_failures, keep_models=args.keep_models, heartbeat=args.heartbeat,
-        overrides=args.set, data_dir=args.data_dir, backend_name=args.backend, tracking_uri=args.tracking_uri,
-        system_metrics=args.system_metrics, quiet=args.quiet)
+    try:
+        summary = commands.sweep(
+            args.space, engine=args.engine, trials=args.trials, study_trials=args.study_trials,
+            timeout=args.timeout, study=args.study, storage=args.storage, sampler=args.sampler, pruner=args.pruner,
+            tuner=args.tuner, seed=args.seed, max_failures=args.max_failures, keep_models=args.keep_models,
+            heartbeat=args.heartbeat, overrides=args.set, data_dir=args.data_dir, backend_name=args.backend,
+            tracking_uri=args.tracking_uri, system_metrics=args.system_metrics, quiet=args.quiet)
+    except Interrupted as err:
+        if err.summary is not None and args.json:  # the counts so far, for the --workers launcher
+            print(json.dumps(asdict(err.summary), default=str))
+        raise
     _print(args, asdict(summary), summary.line())
+    if summary.all_failed:
+        print(f"blocksweep: all {summary.ran['failed']} trials of this run failed; the first: "
+              f"{summary.first_failure}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -341,7 +355,33 @@ def cmd_schema(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (`docker stop`, Kubernetes, systemd, the --workers launcher) stops a command
+    as Ctrl-C does, instead of ending the process where it stands: the running trial is
+    recorded interrupted and enqueued again, the runs are closed. Only the first one: more
+    SIGTERMs must not cut that clean-up short (`docker stop` kills after its grace anyway)."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with _sigterm_as_interrupt():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -357,9 +397,16 @@ def main(argv: list[str] | None = None) -> int:
     except TrialFailed as err:
         print(f"blocksweep: training failed: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("blocksweep: interrupted", file=sys.stderr)
-        return 130
+    except StoreBusy as err:
+        print(f"blocksweep: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:
+        stop = interrupted(err)
+        if stop.summary is not None:
+            print(f"blocksweep: {stop.summary.line()}", file=sys.stderr)
+        else:
+            print(f"blocksweep: stopped by {stop.name}", file=sys.stderr)
+        return stop.exit_code
 
 
 if __name__ == "__main__":

@@ -136,6 +136,8 @@ def sweep(space, *, engine: Optional[str] = None, trials: Optional[int] = None,
 
     Raises:
         UsageError: bad input; nothing was recorded.
+        Interrupted: Ctrl-C or SIGTERM (the command line's handler); the running trial
+            was recorded interrupted and enqueued again; ``.summary`` holds the counts so far.
     """
     from search.trials.sweep import Sweep, SweepOptions
 

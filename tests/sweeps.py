@@ -59,29 +59,66 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def mid_training(tracking_uri: str, study: str, trial: int):
+    """A predicate: trial `trial` is RUNNING in MLflow and past its first epoch."""
+    client = MlflowClient(tracking_uri)
+
+    def check():
+        exp = client.get_experiment_by_name(study)
+        if exp is None:
+            return None
+        runs = client.search_runs([exp.experiment_id], f"tags.`blocksweep.trial` = '{trial}'")
+        if not runs:
+            return None
+        # A trial that ended before a poll saw it mid-training would make the wait time out
+        # with no clue; the callers give it enough epochs that a poll lands inside it.
+        assert runs[0].info.status == "RUNNING", f"trial {trial} ended ({runs[0].info.status}) before the signal"
+        return client.get_metric_history(runs[0].info.run_id, "val_accuracy")
+
+    return check
+
+
 def kill_mid_trial(args: list[str], cwd, tracking_uri: str, study: str, trial: int = 1) -> None:
     """Start the sweep command `args` in its own process group and SIGKILL the group once
     trial `trial` is RUNNING in MLflow and past its first epoch (really mid-training)."""
     worker = subprocess.Popen(args, cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
-    client = MlflowClient(tracking_uri)
     try:
-        def mid_training():
-            assert worker.poll() is None, f"the sweep exited ({worker.returncode}) before trial {trial} ran"
-            exp = client.get_experiment_by_name(study)
-            if exp is None:
-                return None
-            runs = client.search_runs([exp.experiment_id], f"tags.`blocksweep.trial` = '{trial}'")
-            if not runs:
-                return None
-            # A trial that ended before a poll saw it mid-training would make the wait time out
-            # with no clue; the callers give it enough epochs that a poll lands inside it.
-            assert runs[0].info.status == "RUNNING", f"trial {trial} ended ({runs[0].info.status}) before the kill"
-            return client.get_metric_history(runs[0].info.run_id, "val_accuracy")
+        training = mid_training(tracking_uri, study, trial)
 
-        wait_for(mid_training, 180, f"trial {trial} to be mid-training")
+        def still_running_and_mid_training():
+            assert worker.poll() is None, f"the sweep exited ({worker.returncode}) before trial {trial} ran"
+            return training()
+
+        wait_for(still_running_and_mid_training, 180, f"trial {trial} to be mid-training")
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(10)
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
+
+
+def signal_mid_trial(args: list[str], cwd, tracking_uri: str, study: str, trial: int,
+                     signum: int) -> subprocess.CompletedProcess:
+    """Start the command `args` in its own session, send `signum` to its first process
+    (as `docker stop` or systemd do) once trial `trial` is mid-training, and wait for it
+    to exit (60 s at most: it must stop on its own). Returns its exit code and output."""
+    proc = subprocess.Popen(args, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        training = mid_training(tracking_uri, study, trial)
+
+        def ready():
+            if proc.poll() is not None:
+                raise AssertionError(f"exited ({proc.returncode}) before trial {trial} trained: "
+                                     f"{proc.stderr.read()[-2000:]}")
+            return training()
+
+        wait_for(ready, 180, f"trial {trial} to be mid-training")
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+        return subprocess.CompletedProcess(args, proc.returncode, out, err)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)

@@ -110,15 +110,20 @@ def test_an_experiment_made_before_gets_its_kind_when_a_sweep_opens_it(tracking_
 
 
 def test_the_parent_follows_the_best_trial_and_drops_values_the_new_best_lacks(tracking_uri):
+    import yaml
+
+    from search.config import load_spec
     from search.trials.sweep import Sweep, SweepOptions
     from search.tracking import Tracker
+    from tests.conftest import TINY_SPACE
 
     parent, (first, second) = make_study(tracking_uri, "follow", [
         Trial(objective=0.6, params={"model.block": "a", "model.inner_dropout": 0.1}),
         Trial(objective=0.8, params={"model.block": "b"})])
     tracker = Tracker(tracking_uri)
-    sweep = Sweep(spec=None, dataset=None, tracker=tracker, options=SweepOptions(),
-                  experiment_id=tracker.get_run(parent).experiment_id, parent_run_id=parent)
+    sweep = Sweep(spec=load_spec(yaml.safe_load(TINY_SPACE)), dataset=None, tracker=tracker,
+                  options=SweepOptions(), experiment_id=tracker.get_run(parent).experiment_id,
+                  parent_run_id=parent)
     sweep.record_best(0, 0.6, first)
     tags = tracker.get_run(parent).tags
     assert (tags["best.model.block"], tags["best.model.inner_dropout"]) == ("a", "0.1")
@@ -128,3 +133,15 @@ def test_the_parent_follows_the_best_trial_and_drops_values_the_new_best_lacks(t
     assert record.metrics["objective"] == pytest.approx(0.8) and record.tags["blocksweep.best_trial"] == "1"
     history = tracker.metric_history(parent, "objective")
     assert history == [(0, pytest.approx(0.6)), (1, pytest.approx(0.8))]  # step: the trial that was best
+
+    # Another worker, holding the study's best from before trial 1 finished, writes late:
+    # compare-and-set keeps the better trial (last-writer-wins showed trial 0 again).
+    stale = Sweep(spec=sweep.spec, dataset=None, tracker=tracker, options=SweepOptions(),
+                  experiment_id=sweep.experiment_id, parent_run_id=parent)
+    stale.record_best(0, 0.6, first)
+    assert tracker.get_run(parent).tags["blocksweep.best_trial"] == "1"
+    # ... and one that read the study late, after writing, writes the study's best in turn.
+    tracker.run(parent).set_tags({"blocksweep.best_trial": 0, "blocksweep.best_run_id": first,
+                                  "blocksweep.best_value": "0.6"})  # as a worker that wrote 0.6 just now
+    stale.record_best(0, 0.6, first, latest=lambda: (1, 0.8, second))
+    assert tracker.get_run(parent).tags["blocksweep.best_trial"] == "1"

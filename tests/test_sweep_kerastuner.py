@@ -189,12 +189,14 @@ def test_failing_trials_are_failed_in_keras_tuner_with_the_reason_up_to_max_fail
                                                                                     tracking_uri):
     code = kt_run(cli, write_space(), tiny_cifar, "--study", "nan", "--trials", "5", "--max-failures", "2",
                   "--set", "train.learning_rate=1e12", "--set", "train.loss_window=1")
-    assert code == 0 and "2 trials failed (--max-failures 2)" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "2 trials failed (--max-failures 2)" in out
+    assert code == 1 and err.startswith("blocksweep: all 2 trials of this run failed; the first: trial 0: ")
     kt_state = kt_trials(workdir, "nan")
     assert [kt_state[n]["status"] for n in sorted(kt_state)] == ["FAILED", "FAILED"]
     assert all("loss became" in t["message"] for t in kt_state.values())
-    _, _, children = sweep_runs(tracking_uri, "nan")
-    assert len(children) == 2
+    _, [parent], children = sweep_runs(tracking_uri, "nan")
+    assert len(children) == 2 and parent.info.status == "FAILED"
     assert all(c.info.status == "FAILED" and "loss became" in c.data.tags["blocksweep.reason"] for c in children)
 
 

@@ -28,11 +28,14 @@ def test_failing_trials_are_recorded_and_the_sweep_stops_at_max_failures(cli, ca
                                                                         tracking_uri):
     code = cli("run", write_space(), "--data-dir", tiny_cifar, "--quiet", "--study", "nan", "--trials", "5",
                "--max-failures", "2", "--set", "train.learning_rate=1e12", "--set", "train.loss_window=1")
-    out = capsys.readouterr().out
-    assert code == 0 and "2 trials failed (--max-failures 2)" in out
+    out, err = capsys.readouterr()
+    assert "2 trials failed (--max-failures 2)" in out
+    # Every trial failed: exit 1, the count and the first reason (it exited 0).
+    assert code == 1 and err.startswith("blocksweep: all 2 trials of this run failed; the first: trial 0: ")
+    assert "loss became" in err and len(err.strip().splitlines()) == 1
     assert [t.state.name for t in optuna_study("nan").trials] == ["FAIL", "FAIL"]
-    _, _, children = sweep_runs(tracking_uri, "nan")
-    assert len(children) == 2
+    _, [parent], children = sweep_runs(tracking_uri, "nan")
+    assert len(children) == 2 and parent.info.status == "FAILED"
     for child in children:
         assert child.info.status == "FAILED" and "loss became" in child.data.tags["blocksweep.reason"]
 
@@ -115,6 +118,18 @@ def test_timeout_bounds_the_invocation(cli, capsys, write_space, tiny_cifar, tra
     assert len(optuna_study("short").trials) == 1
 
 
+def test_the_parent_is_finished_only_once_the_study_budget_is_done(cli, write_space, tiny_cifar, tracking_uri):
+    space = write_space()
+    common = ["run", space, "--data-dir", tiny_cifar, "--quiet", "--study", "budget", "--study-trials", "2",
+              "--set", "train.epochs=1"]
+    assert cli(*common, "--timeout", "0.001") == 0  # one trial of the two, then the timeout
+    _, [parent], _ = sweep_runs(tracking_uri, "budget")
+    assert parent.info.status == "KILLED"  # was FINISHED with half the budget
+    assert cli(*common) == 0
+    _, [parent], children = sweep_runs(tracking_uri, "budget")
+    assert parent.info.status == "FINISHED" and len(children) == 2
+
+
 def test_a_keras_tuner_study_is_not_resumed_by_optuna(cli, capsys, write_space, tiny_cifar, tracking_uri):
     space = write_space()
     assert cli("run", space, "--data-dir", tiny_cifar, "--quiet", "--engine", "kerastuner", "--study", "kt",
@@ -155,3 +170,25 @@ def test_a_rerun_with_another_kind_of_parameter_is_refused_before_touching_mlflo
     refused_rerun(cli, capsys, tracking_uri, [write_space(), "--data-dir", tiny_cifar, "--set", "train.epochs=1"],
                   [changed, "--data-dir", tiny_cifar, "--set", "train.epochs=1"],
                   ["parameter train.learning_rate was sampled as", "use another --study"])
+
+
+def test_hyperband_budget_is_the_most_epochs_any_trial_can_run(workdir):
+    import yaml
+
+    from search.config import load_spec
+    from search.engines.optuna_engine import OptunaEngine, max_trial_epochs
+    from search.trials.sweep import Sweep, SweepOptions
+    from tests.conftest import REPO
+
+    tiny = yaml.safe_load(TINY_SPACE)  # train.epochs 2, not searched
+    assert max_trial_epochs(load_spec(tiny)) == 2
+    searched = {**tiny, "params": {**tiny["params"], "train.epochs": {"type": "int", "low": 1, "high": 6}}}
+    assert max_trial_epochs(load_spec(searched)) == 6  # was the file's 2: Hyperband cut every trial at 2
+    chosen = {**tiny, "params": {**tiny["params"], "train.epochs": {"type": "categorical", "choices": [3, 9]}}}
+    assert max_trial_epochs(load_spec(chosen)) == 9
+    # Fine-tuning runs its head epochs (5) first, then train.epochs (12).
+    assert max_trial_epochs(load_spec(str(REPO / "spaces" / "transfer_demo.yaml"))) == 17
+    options = SweepOptions(study="hb", pruner="hyperband", storage=f"sqlite:///{workdir / 'hb.db'}")
+    study, _, _ = OptunaEngine().open_study(Sweep(spec=load_spec(searched), dataset=None, tracker=None,
+                                                  options=options))
+    assert study.pruner._max_resource == 6  # the study's pruner gets it (Optuna has no public getter)

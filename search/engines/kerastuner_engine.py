@@ -25,7 +25,9 @@ Keras Tuner 1.4.8 facts this module relies on (read in its source; pinned <1.5):
   process killed mid-trial therefore gets that trial back on the rerun; `run_trial` finds
   the earlier attempt's MLflow child by the trial key, marks it failed ("interrupted...")
   and trains the same values again as a new child (tags `blocksweep.retry_of`,
-  `blocksweep.attempt`), at most `MAX_RETRIES` times.
+  `blocksweep.attempt`), at most `MAX_RETRIES` times. A process stopped by Ctrl-C or SIGTERM
+  leaves its trial the same way (so it is retried too), having closed its child run failed
+  with the signal and the parent KILLED.
 * Keras Tuner has no pruned state and no per-epoch pruner; early stopping is Hyperband's
   successive halving across trials. `--sampler` and `--pruner` are Optuna's.
 * `Oracle(seed=0)` means "no seed" (`seed or random.randint(...)`), hence `kt_seed`.
@@ -48,7 +50,7 @@ from keras_tuner.engine.base_tuner import BaseTuner
 from keras_tuner.engine.trial import TrialStatus
 
 from search.config.space import CategoricalParam, Condition, DefaultSuggester, FloatParam, IntParam, ParamSpec, Space
-from search.errors import UsageError, first_line
+from search.errors import UsageError, first_line, interrupted
 from search.tracking import store
 from search.training.results import TrialResult, TrialState
 from search.trials.sweep import Sweep, SweepSummary
@@ -269,6 +271,7 @@ class SweepTuner(BaseTuner):
         self.run_ids: dict[str, str] = {}  # trial key -> completed child run, as looked up
         self.last_best: tuple[Optional[int], Optional[float], Optional[str]] = (None, None, None)
         self.last_counts: dict[str, int] = {}
+        self.current_key: Optional[str] = None  # the trial this process is running
         # overwrite=False: an existing project is reloaded (Keras Tuner's resume).
         super().__init__(oracle=oracle, hypermodel=None, directory=str(directory),
                          project_name=sweep.options.study, overwrite=False)
@@ -307,11 +310,25 @@ class SweepTuner(BaseTuner):
                           "blocksweep.hyperband.initial_epoch": hp.values.get("tuner/initial_epoch", 0)})
             if hp.values.get("tuner/trial_id"):
                 extra["blocksweep.hyperband.promoted_from"] = int(hp.values["tuner/trial_id"])
+        self.current_key = key
         result, run_id = sweep.run_trial(number, values, best_so_far=self.best_value, trial_key=key,
                                          extra_tags=extra)
+        self.current_key = None
         if result.state is TrialState.COMPLETE:
             self.run_ids[key] = run_id
         return result
+
+    def interrupt(self, name: str) -> None:
+        """Ctrl-C or SIGTERM mid-trial: the trial stays RUNNING in the oracle's saved state,
+        which Keras Tuner hands out again when the project is reloaded (its retry); its
+        child run is closed failed with the reason now (the trainer does it when the
+        signal came mid-training, this covers the moments around it)."""
+        if self.current_key is None:
+            return
+        why = "the user (Ctrl-C)" if name == "Ctrl-C" else name
+        self.sweep.tracker.mark_interrupted(self.sweep.experiment_id, self.sweep.parent_run_id, self.current_key,
+                                            f"interrupted: stopped by {why}; retried with the same parameters "
+                                            f"when the project is resumed")
 
     def tell(self, trial, result: TrialResult) -> None:
         """Report the outcome to the oracle (status, score, reason) and end the trial."""
@@ -560,17 +577,41 @@ class KerasTunerEngine:
                 trials = None  # a worker runs until the chief's budget is spent, unless told otherwise
             budget = Budget(trials=trials, timeout=o.timeout, max_failures=o.max_failures,
                             started=time.monotonic())
-            stopped = tuner.search(budget)
-            if who != "worker":
-                tuner.refresh()
+            try:
+                stopped = tuner.search(budget)
+            except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM
+                stop = interrupted(err)
+                tuner.interrupt(stop.name)
+                stop.summary = self._finish(sweep, tuner, who, stop.name, signalled=True)
+                raise stop from None
+            return self._finish(sweep, tuner, who, stopped)
+
+    def _finish(self, sweep: Sweep, tuner: SweepTuner, who: str, stopped: str,
+                signalled: bool = False) -> SweepSummary:
+        """Mirror the study into the parent and close it, and sum up. After Ctrl-C or
+        SIGTERM (`signalled`), the trial this process was running waits for its retry
+        and no longer runs. A worker never closes the parent: the chief does, once every
+        trial has ended."""
+        o = sweep.options
+        if who != "worker":
+            tuner.refresh()
+        counts = dict(tuner.last_counts)
+        if signalled and tuner.current_key is not None and who != "worker" and counts.get("running"):
+            counts["running"] -= 1
+            counts["waiting"] = counts.get("waiting", 0) + 1
         number, value, run_id = tuner.last_best
-        counts = tuner.last_counts
-        # A worker never closes the parent: the chief does, once every trial has ended.
-        sweep.close(still_running=1 if who == "worker" else counts.get("running", 0))
+        ran = sweep.counts
+        if signalled:
+            outcome = "killed"
+        elif (ran.failed and not ran.completed) or stopped.endswith(f"(--max-failures {o.max_failures})"):
+            outcome = "failed"
+        else:
+            outcome = "killed" if counts.get("waiting") else "finished"
+        sweep.close({"running": 1} if who == "worker" else counts, outcome)
         return SweepSummary(study=o.study, engine=self.name, experiment_id=sweep.experiment_id,
                             parent_run_id=sweep.parent_run_id, ran=vars(sweep.counts).copy(),
                             study_counts=counts, best_trial=number, best_value=value, best_run_id=run_id,
-                            stopped_because=stopped)
+                            stopped_because=stopped, metric=sweep.metric, first_failure=sweep.first_failure)
 
 
 # --------------------------------------------------------------------------- project files

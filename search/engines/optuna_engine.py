@@ -18,6 +18,8 @@ import contextlib
 import hashlib
 import importlib.util
 import inspect
+import math
+import sys
 import threading
 import time
 import warnings
@@ -28,7 +30,7 @@ from optuna.trial import TrialState as OptunaState
 
 from search.config.space import CategoricalParam, Condition, DefaultSuggester, FloatParam, IntParam, ParamSpec, Space
 from search.engines.optuna_storage import cannot_open, storage_url
-from search.errors import UsageError
+from search.errors import StoreBusy, UsageError, first_line, interrupted
 from search.tracking import urls
 from search.training.results import TrialState
 from search.trials.sweep import Sweep, SweepSummary
@@ -193,7 +195,29 @@ def make_sampler(name: str, seed: int, space: Space) -> optuna.samplers.BaseSamp
     return PerTrialSeed(lambda trial_seed: _base_sampler(name, trial_seed, space), seed)
 
 
+def max_trial_epochs(spec) -> int:
+    """The most epochs any trial of the space can run, and so report to a pruner: the
+    largest train.epochs the space can sample (the file's when it is not searched), plus
+    the head epochs of a fine-tuning transfer trial (which trains its head first)."""
+    params = spec.space.params
+
+    def largest(path: str, fixed):
+        p = params.get(path)
+        if p is None:
+            return fixed
+        return max(p.choices) if isinstance(p, CategoricalParam) else p.high
+
+    epochs = math.ceil(largest("train.epochs", spec.file.train.epochs))
+    model = spec.file.model
+    if hasattr(model, "head_epochs"):
+        schemes = params["model.scheme"].choices if "model.scheme" in params else (model.scheme,)
+        if "finetune" in schemes:
+            epochs += int(largest("model.head_epochs", model.head_epochs))
+    return epochs
+
+
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """The --pruner; `epochs` is the most epochs a trial can report (Hyperband's budget)."""
     if name == "median":
         # Once two trials have finished, stop a trial whose epoch is below their median.
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
@@ -227,6 +251,8 @@ def make_storage(url: str, heartbeat: float, on_stale) -> optuna.storages.RDBSto
         with _quiet_experimental(), urls.exclusive(url, "optuna schema"):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=interval,
                                               grace_period=3 * interval, **{hook: on_stale})
+    except StoreBusy:  # reached, but its schema lock stays taken: says so itself
+        raise
     except Exception as err:  # bad URL, unreachable server, missing driver
         raise cannot_open(url, err) from None
 
@@ -256,10 +282,16 @@ def trial_id(storage: optuna.storages.RDBStorage, study: optuna.Study, trial: op
 
 
 class Heartbeat:
-    """Records a running trial's heartbeat every `interval` seconds on its own thread."""
+    """Records a running trial's heartbeat every `interval` seconds on its own thread.
 
-    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float):
-        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+    A beat that fails (the database unreachable) must not kill the trial, but it must not
+    pass silently either: once beats stop for 3 x --heartbeat another worker takes the
+    trial over. The first failure is said on stderr, and every one is counted (`failures`,
+    recorded with the trial)."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float, number: int = -1):
+        self.storage, self.trial_id, self.interval, self.number = storage, trial_id, interval, number
+        self.failures = 0
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{trial_id}")
 
@@ -267,8 +299,13 @@ class Heartbeat:
         while not self.stop_event.is_set():
             try:
                 self.storage.record_heartbeat(self.trial_id)
-            except Exception:  # a transient database error must not kill the trial
-                pass
+            except Exception as err:  # a transient database error must not kill the trial
+                self.failures += 1
+                if self.failures == 1:
+                    print(f"blocksweep: warning: trial {self.number}: its heartbeat could not be recorded "
+                          f"({err.__class__.__name__}: {first_line(err, 200)}); retrying every {self.interval:g} s "
+                          f"(after 3 x --heartbeat without one, another worker takes the trial over)",
+                          file=sys.stderr, flush=True)
             self.stop_event.wait(self.interval)
 
     def __enter__(self):
@@ -301,6 +338,9 @@ def _best(study: optuna.Study) -> tuple[Optional[int], Optional[float], Optional
 class OptunaEngine:
     name = "optuna"
 
+    def __init__(self):
+        self._unmirrored: list[tuple[str, str]] = []  # (trial key, reason) to mirror into MLflow
+
     def check(self, sweep: Sweep) -> None:
         """Open (or create) the study before the MLflow parent exists, so that a bad
         --storage, a study of the other direction or of another space is refused before
@@ -311,10 +351,12 @@ class OptunaEngine:
         o = sweep.options
         url = storage_url(o.storage)
         sampler = make_sampler(o.sampler, o.seed, sweep.spec.space)  # UsageError when it cannot run
-        pruner = make_pruner(o.pruner, sweep.spec.file.train.epoch_count)
+        pruner = make_pruner(o.pruner, max_trial_epochs(sweep.spec))
 
         def on_stale(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
-            self.retry(sweep, study, failed, "its worker stopped sending heartbeats (killed or lost)")
+            # Called by fail_stale_trials, under the study lock (`_next_trial`).
+            reason = self._enqueue_retry(study, failed, "its worker stopped sending heartbeats (killed or lost)")
+            self._unmirrored.append((str(failed.number), reason))
 
         storage = make_storage(url, o.heartbeat, on_stale)
         study = optuna.create_study(study_name=o.study, storage=storage, load_if_exists=True,
@@ -328,16 +370,42 @@ class OptunaEngine:
                 study.set_metric_names([sweep.metric])
         return study, storage, url
 
-    def retry(self, sweep: Sweep, study: optuna.Study, failed: optuna.trial.FrozenTrial, why: str) -> None:
-        """Mirror an interrupted trial as failed in MLflow and enqueue it again."""
+    @staticmethod
+    def _enqueue_retry(study: optuna.Study, failed: optuna.trial.FrozenTrial, why: str) -> str:
+        """Enqueue an interrupted trial again (with the same parameters, up to MAX_RETRIES
+        times) and note why in the study. Called under the study lock, and touches only the
+        study: what MLflow must learn of it is mirrored once the lock is released
+        (`_mirror`), so that a slow tracking server never holds every worker up.
+        Returns the reason recorded."""
         retries = int(failed.user_attrs.get("retries", 0))
         again = retries < MAX_RETRIES
         reason = f"interrupted: {why}" + ("; retried with the same parameters" if again else
                                           f"; not retried (already retried {retries} times)")
-        sweep.tracker.mark_interrupted(sweep.experiment_id, sweep.parent_run_id, str(failed.number), reason)
         study.set_user_attr(f"interrupted_{failed.number}", reason)
         if again:
             study.enqueue_trial(failed.params, user_attrs={"retry_of": failed.number, "retries": retries + 1})
+        return reason
+
+    def _mirror(self, sweep: Sweep) -> None:
+        """Mark the child runs of the trials failed under the lock as failed, with the reason."""
+        while self._unmirrored:
+            key, reason = self._unmirrored.pop(0)
+            sweep.tracker.mark_interrupted(sweep.experiment_id, sweep.parent_run_id, key, reason)
+
+    def _interrupt(self, sweep: Sweep, study: optuna.Study, storage, url: str, trial: optuna.Trial,
+                   why: str) -> None:
+        """This worker was stopped (Ctrl-C, SIGTERM) mid-trial: under the study lock, fail
+        the trial and enqueue its retry, as one step to the other workers' budget check;
+        then mirror it into MLflow. A trial another worker has already taken over (this
+        one's heartbeats had stopped) keeps that verdict and its retry."""
+        with study_lock(storage, url, sweep.options.study):
+            if storage.get_trial(trial_id(storage, study, trial)).state is not OptunaState.RUNNING:
+                return
+            trial.set_user_attr("fail_reason", f"interrupted: {why}")
+            frozen = study.tell(trial, state=OptunaState.FAIL, skip_if_finished=True)
+            reason = self._enqueue_retry(study, frozen, why)
+        self._unmirrored.append((str(trial.number), reason))
+        self._mirror(sweep)
 
     def _enqueue_defaults(self, sweep: Sweep, study: optuna.Study) -> None:
         """A space whose parameters carry defaults starts with that configuration."""
@@ -365,22 +433,34 @@ class OptunaEngine:
             sampler = study.sampler
             if isinstance(sampler, AskTellGridSampler) and sampler.is_exhausted(study):
                 return None, "the grid is exhausted"
-            with study_lock(storage, url, o.study):
-                # Under the lock: failing a dead worker's trial and enqueueing its retry
-                # must look like one step to the budget check below, or another worker
-                # sees the budget short by one in between and starts a 13th trial.
-                with _quiet_experimental():
-                    optuna.storages.fail_stale_trials(study)
-                self._enqueue_defaults(sweep, study)
-                if o.study_trials is None:
-                    return self._ask(study, storage), ""
-                c = _counts(study)
-                if c["completed"] + c["pruned"] + c["running"] + c["waiting"] < o.study_trials or c["waiting"]:
-                    return self._ask(study, storage), ""
-                if c["running"] == 0:
-                    return None, f"the study has its {o.study_trials} trials"
+            try:
+                trial, why = self._ask_under_lock(sweep, study, storage, url)
+            finally:
+                self._mirror(sweep)  # the dead workers' trials, outside the lock
+            if trial is not None or why:
+                return trial, why
             # Budget taken but trials still run elsewhere: one may yet die and need us.
             time.sleep(min(2.0, o.heartbeat))
+
+    def _ask_under_lock(self, sweep: Sweep, study: optuna.Study, storage,
+                        url: str) -> tuple[Optional[optuna.Trial], str]:
+        """(a trial, "") to run; (None, why) to stop; (None, "") to wait and ask again."""
+        o = sweep.options
+        with study_lock(storage, url, o.study):
+            # Under the lock: failing a dead worker's trial and enqueueing its retry
+            # must look like one step to the budget check below, or another worker
+            # sees the budget short by one in between and starts a 13th trial.
+            with _quiet_experimental():
+                optuna.storages.fail_stale_trials(study)
+            self._enqueue_defaults(sweep, study)
+            if o.study_trials is None:
+                return self._ask(study, storage), ""
+            c = _counts(study)
+            if c["completed"] + c["pruned"] + c["running"] + c["waiting"] < o.study_trials or c["waiting"]:
+                return self._ask(study, storage), ""
+            if c["running"] == 0:
+                return None, f"the study has its {o.study_trials} trials"
+        return None, ""
 
     @staticmethod
     def _ask(study: optuna.Study, storage) -> optuna.Trial:
@@ -397,23 +477,54 @@ class OptunaEngine:
         study, storage, url = getattr(self, "_opened", None) or self.open_study(sweep)
         started = time.monotonic()
         ran, stopped = 0, ""
-        while True:
-            trial, stopped = self._next_trial(sweep, study, storage, url, started, ran)
-            if trial is None:
-                break
-            ran += 1
-            self._run_one(sweep, study, storage, trial)
+        try:
+            while True:
+                trial, stopped = self._next_trial(sweep, study, storage, url, started, ran)
+                if trial is None:
+                    break
+                ran += 1
+                try:
+                    self._run_one(sweep, study, storage, url, trial)
+                except KeyboardInterrupt as err:
+                    stop = interrupted(err)
+                    self._interrupt(sweep, study, storage, url, trial, "stopped by the user (Ctrl-C)"
+                                    if stop.name == "Ctrl-C" else f"stopped by {stop.name}")
+                    raise stop from None
+        except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: its trial is failed and enqueued again
+            stop = interrupted(err)
+            stop.summary = self._finish(sweep, study, stop.name, "killed")
+            raise stop from None
+        return self._finish(sweep, study, stopped, self._outcome(sweep, study, stopped))
+
+    @staticmethod
+    def _outcome(sweep: Sweep, study: optuna.Study, stopped: str) -> str:
+        """How the parent closes when this worker stops on its own: "finished" only when
+        the study's budget is done (--study-trials reached, or this invocation's --trials,
+        --timeout or the grid) with no retry waiting; "failed" when failures stopped it."""
+        o = sweep.options
+        c = _counts(study)
+        if (sweep.counts.failed and not sweep.counts.completed and not sweep.counts.pruned) or \
+                stopped.endswith(f"(--max-failures {o.max_failures})"):
+            return "failed"
+        if c["waiting"] or (o.study_trials is not None and c["completed"] + c["pruned"] < o.study_trials):
+            return "killed"
+        return "finished"
+
+    def _finish(self, sweep: Sweep, study: optuna.Study, stopped: str, outcome: str) -> SweepSummary:
+        """Mirror the study's best and counts into the parent, close it unless a trial is
+        still running elsewhere, and sum up."""
         counts = _counts(study)
         number, value, run_id = _best(study)
-        sweep.record_best(number, value, run_id)
+        sweep.record_best(number, value, run_id, latest=lambda: _best(study))
         sweep.record_counts(counts)
-        sweep.close(still_running=counts["running"])
-        return SweepSummary(study=o.study, engine=self.name, experiment_id=sweep.experiment_id,
+        sweep.close(counts, outcome)
+        return SweepSummary(study=sweep.options.study, engine=self.name, experiment_id=sweep.experiment_id,
                             parent_run_id=sweep.parent_run_id, ran=vars(sweep.counts).copy(),
                             study_counts=counts, best_trial=number, best_value=value, best_run_id=run_id,
-                            stopped_because=stopped)
+                            stopped_because=stopped, metric=sweep.metric, first_failure=sweep.first_failure)
 
-    def _run_one(self, sweep: Sweep, study: optuna.Study, storage, trial: optuna.Trial) -> None:
+    def _run_one(self, sweep: Sweep, study: optuna.Study, storage, url: str, trial: optuna.Trial) -> None:
+        """Sample, train and tell one trial (Ctrl-C and SIGTERM are `run`'s to handle)."""
         def report(epoch: int, value: float) -> bool:
             trial.report(value, epoch)
             return trial.should_prune()
@@ -423,23 +534,20 @@ class OptunaEngine:
 
         retry_of = trial.user_attrs.get("retry_of")
         extra = {"blocksweep.retry_of": retry_of} if retry_of is not None else {}
-        with Heartbeat(storage, trial_id(storage, study, trial), sweep.options.heartbeat):
+        with Heartbeat(storage, trial_id(storage, study, trial), sweep.options.heartbeat, trial.number) as beat:
             try:
                 values = sweep.spec.space.sample(OptunaSuggester(trial))
             except Exception as err:  # Optuna refused a value: the trial fails, the sweep goes on
                 reason = f"sampling failed: {err.__class__.__name__}: {str(err).strip()[:500]}"
                 trial.set_user_attr("fail_reason", reason)
                 study.tell(trial, state=OptunaState.FAIL, skip_if_finished=True)
-                sweep.counts.failed += 1
+                sweep.counted(trial.number, TrialState.FAILED, reason)
                 return
-            try:
-                result, run_id = sweep.run_trial(trial.number, values, report=report, best_so_far=best_so_far,
-                                                 trial_key=str(trial.number), extra_tags=extra)
-            except KeyboardInterrupt:
-                frozen = study.tell(trial, state=OptunaState.FAIL)
-                self.retry(sweep, study, frozen, "stopped by the user (Ctrl-C)")
-                raise
+            result, run_id = sweep.run_trial(trial.number, values, report=report, best_so_far=best_so_far,
+                                             trial_key=str(trial.number), extra_tags=extra)
         try:
+            if beat.failures:
+                trial.set_user_attr("heartbeat_failures", beat.failures)
             trial.set_user_attr("mlflow_run_id", run_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             self._lost(sweep, run_id, result)
@@ -448,8 +556,7 @@ class OptunaEngine:
         # verdict (skip_if_finished) rather than crash this worker.
         if result.state is TrialState.COMPLETE:
             study.tell(trial, result.objective, skip_if_finished=True)
-            number, value, best_run = _best(study)
-            sweep.record_best(number, value, best_run)
+            sweep.record_best(*_best(study), latest=lambda: _best(study))
         elif result.state is TrialState.PRUNED:
             study.tell(trial, state=OptunaState.PRUNED, skip_if_finished=True)
         else:

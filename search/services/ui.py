@@ -261,12 +261,14 @@ def ui(*, host: str = "127.0.0.1", port: int = 5000, backend_store_uri: Optional
         except KeyboardInterrupt:
             pass
         finally:
-            # A second Ctrl-C must not cut the clean-up short (each stop ends in SIGKILL).
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # A second Ctrl-C or SIGTERM must not cut the clean-up short (each stop ends
+            # in SIGKILL).
+            previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
             try:
                 for child in children:
                     child.stop(STOP_SECONDS)
             finally:
-                signal.signal(signal.SIGINT, previous)
+                for s, old in previous.items():
+                    signal.signal(s, old)
     say("stopped.")
     return 0

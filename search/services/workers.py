@@ -114,26 +114,36 @@ class Outcome:
     order: int = 0  # 1 for the first worker to finish, ...
 
 
-def launch(run_argv: Sequence[str], placements: Sequence[Placement], cwd: Optional[str] = None) -> list[Outcome]:
+@dataclass
+class Launch:
+    """What `launch` did: each worker's outcome, and the signal that stopped the launcher
+    (SIGINT for Ctrl-C, SIGTERM), if one did."""
+
+    outcomes: list
+    signum: Optional[int] = None
+
+
+def launch(run_argv: Sequence[str], placements: Sequence[Placement], cwd: Optional[str] = None) -> Launch:
     """Run `blocksweep <run_argv> --json` once per placement, relay their output behind
     `[w<i> gpu<g>]`, forward Ctrl-C/SIGTERM to all, and wait for every one of them."""
     argv = [sys.executable, "-m", "search", *run_argv, "--json"]
     children: list[procs.Child] = []
     outcomes = [Outcome(p) for p in placements]  # a worker never started keeps exit_code None
-    stopping = False
+    stopped_by: Optional[int] = None
 
     def forward(signum, frame):
-        nonlocal stopping
-        # First Ctrl-C: each worker marks its running trial interrupted and enqueues it
-        # again (as a single `blocksweep run` does); a second one kills them.
+        nonlocal stopped_by
+        # The first Ctrl-C or SIGTERM goes on to each worker as it came (each marks its
+        # running trial interrupted, naming the signal, and enqueues it again, as a single
+        # `blocksweep run` does); a second one kills them.
         for child in children:
-            child.send(signal.SIGINT if not stopping else signal.SIGKILL)
-        stopping = True
+            child.send(signum if stopped_by is None else signal.SIGKILL)
+        stopped_by = stopped_by or signum
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for p in placements:
-            if stopping:  # Ctrl-C while starting: start no more
+            if stopped_by is not None:  # Ctrl-C or SIGTERM while starting: start no more
                 break
             children.append(procs.Child(p.label, argv, env={**os.environ, **p.env}, prefix=f"[{p.label}] ",
                                         keep_stdout=True, cwd=cwd))
@@ -154,7 +164,7 @@ def launch(run_argv: Sequence[str], placements: Sequence[Placement], cwd: Option
                 child.stop(STOP_SECONDS, signal.SIGINT)
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return outcomes
+    return Launch(outcomes, stopped_by)
 
 
 def _last_json(stdout: str) -> Optional[dict]:
@@ -168,20 +178,25 @@ def _last_json(stdout: str) -> Optional[dict]:
     return None
 
 
-def summarize(outcomes: Sequence[Outcome], metric: str) -> tuple[int, dict, str]:
+def summarize(outcomes: Sequence[Outcome], metric: str, signum: Optional[int] = None) -> tuple[int, dict, str]:
     """(exit code, JSON summary, one line) for all workers together.
 
     The study's counts and best trial come from the worker that finished last (it saw the
-    most); this invocation's counts are the workers' sums. Exit code: 0 when every worker
-    succeeded; 2 when all failed on bad input; else the first failure's code (1, 130, -9)."""
+    most; a worker stopped by Ctrl-C or SIGTERM reports them too, read from the study as it
+    stopped); this invocation's counts are the workers' sums. Exit code: after Ctrl-C or
+    SIGTERM (`signum`), 128 + its number (130, 143); 0 when every worker succeeded; 2 when
+    all failed on bad input; else the first failure's code (1, -9)."""
     ran = {"completed": 0, "pruned": 0, "failed": 0}
     for o in outcomes:
         for key in ran:
             ran[key] += (o.summary or {}).get("ran", {}).get(key, 0)
     done = [o for o in outcomes if o.summary]
     last = max(done, key=lambda o: o.order).summary if done else {}
-    failed = [o for o in outcomes if o.exit_code != 0]
-    if not failed:
+    stop = signum and (128 + signum)
+    failed = [o for o in outcomes if o.exit_code not in (0, stop)]
+    if signum:
+        code = 128 + signum
+    elif not failed:
         code = 0
     elif all(o.exit_code == 2 for o in outcomes):
         code = 2
@@ -207,6 +222,8 @@ def summarize(outcomes: Sequence[Outcome], metric: str) -> tuple[int, dict, str]
                  f"(run {last.get('best_run_id')})")
     if last.get("parent_run_id"):
         line += f"; parent run {last['parent_run_id']}"
+    if signum:
+        line += f"; stopped by {'Ctrl-C' if signum == signal.SIGINT else signal.Signals(signum).name}"
     for o in failed:
         why = o.last_lines[-1] if o.last_lines else "no output"
         line += f"; worker {o.placement.label} failed (exit {o.exit_code}: {why})"
@@ -226,5 +243,5 @@ def run(space: str, run_argv: Sequence[str], *, workers: int, gpus: Optional[str
         raise UsageError("--workers: Keras Tuner sweeps scale out through its own distributed mode (a chief and "
                          "workers, see README 'Keras Tuner'), not --workers; use --engine optuna here")
     chosen = parse_gpus(gpus) if gpus is not None else visible_gpus()
-    outcomes = launch(run_argv, plan(workers, chosen, memory_fraction))
-    return summarize(outcomes, spec.file.objective.metric)
+    done = launch(run_argv, plan(workers, chosen, memory_fraction))
+    return summarize(done.outcomes, spec.file.objective.metric, done.signum)

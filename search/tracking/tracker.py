@@ -610,8 +610,16 @@ class Tracker:
         if any(a.path == MODEL for a in self.client.list_artifacts(run.info.run_id)):
             get_artifact_repository(run.info.artifact_uri).delete_artifacts(MODEL)
 
-    def finish_parent(self, parent_run_id: str) -> None:
-        self.client.set_terminated(parent_run_id, "FINISHED")
+    def finish_parent(self, parent_run_id: str, outcome: str = "finished") -> None:
+        """Close a sweep's parent: "finished" (the study's budget done), "failed" (stopped
+        for its failures) or "killed" (stopped before its budget: Ctrl-C, SIGTERM, a
+        timeout, retries still waiting)."""
+        status = {"finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}[outcome]
+        self.client.set_terminated(parent_run_id, status)
+
+    def reopen_parent(self, parent_run_id: str) -> None:
+        """The parent RUNNING again (a trial starts under it)."""
+        self.client.update_run(parent_run_id, status="RUNNING")
 
     # reading back (compare, export) -----------------------------------------------
     # One paged `search_runs` per experiment with no filter: a sweep's experiment holds

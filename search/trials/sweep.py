@@ -73,6 +73,13 @@ class SweepSummary:
     best_run_id: Optional[str]
     stopped_because: str = ""
     metric: str = ""  # the objective metric, as the sweep ran it (--set included)
+    first_failure: str = ""  # "trial N: reason" of this invocation's first failed trial
+
+    @property
+    def all_failed(self) -> bool:
+        """Every trial this invocation ran failed (the command exits 1)."""
+        ran = self.ran
+        return ran["failed"] > 0 and ran["completed"] == 0 and ran["pruned"] == 0
 
     def line(self) -> str:
         ran = self.ran
@@ -95,6 +102,7 @@ class Sweep:
     experiment_id: str = ""
     parent_run_id: str = ""
     counts: Counts = field(default_factory=Counts)
+    first_failure: str = ""  # "trial N: reason" of this invocation's first failed trial
     progress: Optional[Callable[["Sweep", int, TrialResult], None]] = None
     _splits: dict = field(default_factory=dict)
     _best_run_id: Optional[str] = None  # the trial whose values the parent carries
@@ -140,6 +148,9 @@ class Sweep:
         whether this trial's model is kept); `trial_key` identifies the trial to the engine
         (for mirroring a retried trial's state)."""
         flat = self.spec.space.flat_names(values)
+        # A worker that ended while this one was between trials may have closed the
+        # parent; a trial under it makes it RUNNING again (as a resumed sweep does).
+        self.tracker.reopen_parent(self.parent_run_id)
         tags = {**self.tags, "blocksweep.engine": self.options.engine,
                 "blocksweep.trial_key": trial_key if trial_key is not None else str(number),
                 "blocksweep.searched": ",".join(sorted(flat)), **(extra_tags or {})}
@@ -165,10 +176,16 @@ class Sweep:
             if any(kept):  # --keep-models best: the models of the trials this one beats go
                 self.tracker.drop_worse_models(self.experiment_id, self.parent_run_id, child.run_id,
                                                result.objective, self.objective.goal)
-        self.counts.add(result.state)
+        self.counted(number, result.state, result.reason)
         if self.progress is not None:
             self.progress(self, number, result)
         return result, child.run_id
+
+    def counted(self, number: int, state: TrialState, reason: str = "") -> None:
+        """Count a trial of this invocation (and keep the first failure's reason)."""
+        self.counts.add(state)
+        if state is TrialState.FAILED and not self.first_failure:
+            self.first_failure = f"trial {number}: {reason or 'no reason recorded'}"
 
     def splits_for(self, data_config):
         """The splits for a trial's data config, prepared once per distinct config
@@ -191,17 +208,45 @@ class Sweep:
                              title=f"{self.options.study} trial {number}", extra_params=extra,
                              system_metrics=self.options.system_metrics)
 
-    def record_best(self, number: Optional[int], value: Optional[float], run_id: Optional[str]) -> None:
-        """Mirror the study's best-so-far into the parent run. When the best trial changes,
-        the parent also takes on that trial's metrics (its latest values, under the same
-        names, at step = trial number) and searched values (tags `best.<name>`: MLflow's
-        parameters cannot change once logged), so the sweep's collapsed row in the UI
-        already says which configuration won, and with what."""
-        if value is None or not math.isfinite(value):
-            return
+    def record_best(self, number: Optional[int], value: Optional[float], run_id: Optional[str],
+                    latest: Optional[Callable[[], tuple]] = None) -> None:
+        """Mirror the study's best-so-far (trial number, value, run id) into the parent run.
+        When the best trial changes, the parent also takes on that trial's metrics (its
+        latest values, under the same names, at step = trial number) and searched values
+        (tags `best.<name>`: MLflow's parameters cannot change once logged), so the sweep's
+        collapsed row in the UI already says which configuration won, and with what.
+
+        Several workers write the same parent: compare-and-set, so that a worker holding a
+        stale best never overwrites a better one. A value is written only when it beats
+        the parent's (or is the same trial's); after writing, `latest()` (the study's best
+        now) is read again, and if it moved meanwhile (a better trial finished elsewhere)
+        it is written in turn. The study's best only improves, so every worker's last
+        write is the study's best at that time. (MLflow has no conditional write.)"""
+        for _ in range(5):  # another round only when a better trial finished meanwhile
+            if value is None or not math.isfinite(value):
+                return
+            shown = self.tracker.get_run(self.parent_run_id).tags
+            if shown.get("blocksweep.best_run_id") != (run_id or "") and not self._beats(value, shown):
+                return  # the parent already shows a better trial
+            self._write_best(number, value, run_id)
+            if latest is None:
+                return
+            again = latest()
+            if again[0] == number:
+                return
+            number, value, run_id = again
+
+    def _beats(self, value: float, tags: dict) -> bool:
+        try:
+            shown = float(tags["blocksweep.best_value"])
+        except (KeyError, ValueError):
+            return True
+        return self.objective.better(value, shown)
+
+    def _write_best(self, number: Optional[int], value: float, run_id: Optional[str]) -> None:
         parent = self.tracker.run(self.parent_run_id)
         tags = {"blocksweep.best_trial": number, "blocksweep.best_run_id": run_id or "",
-                "blocksweep.best_value": f"{value:.6g}"}
+                "blocksweep.best_value": repr(float(value))}
         metrics = {"best_value": value}
         if run_id and run_id != self._best_run_id:
             best = self.tracker.get_run(run_id)
@@ -219,8 +264,9 @@ class Sweep:
         """The study's trial counts by state, as parent tags (all workers write the same)."""
         self.tracker.run(self.parent_run_id).set_tags({f"blocksweep.trials_{k}": v for k, v in counts.items()})
 
-    def close(self, still_running: int) -> None:
-        """The parent is finished when no trial of the study is running any more (another
-        worker may still be busy)."""
-        if still_running == 0:
-            self.tracker.finish_parent(self.parent_run_id)
+    def close(self, counts: dict, outcome: str) -> None:
+        """Close the parent run as `outcome` ("finished", "failed" or "killed", which the
+        engine decides: FINISHED only when the study's budget is done), unless a trial of
+        the study is still running: its worker closes the parent when it ends."""
+        if counts.get("running", 0) == 0:
+            self.tracker.finish_parent(self.parent_run_id, outcome)

@@ -29,7 +29,7 @@ import yaml
 
 from search import plots
 from search.config import config_dict, flatten
-from search.errors import first_line
+from search.errors import first_line, interrupted
 from search.tracking.tracker import RunLog
 from search.training import train_and_evaluate
 from search.training.results import TrialResult, TrialState
@@ -99,9 +99,11 @@ def train_tracked(config, splits, run: RunLog, *, report=None, progress=None,
     try:
         with run.system_metrics(system_metrics):
             result = train_and_evaluate(config, splits, report=report, on_epoch=run.log_epoch, progress=progress)
-    except KeyboardInterrupt:
-        run.finish("failed", "interrupted by the user (Ctrl-C)")
-        raise
+    except KeyboardInterrupt as err:
+        stop = interrupted(err)
+        by = "the user (Ctrl-C)" if stop.name == "Ctrl-C" else stop.name
+        run.finish("failed", f"interrupted by {by}")
+        raise stop from None
     except Exception as err:  # noqa: BLE001 - any training error is the trial's failure
         result = TrialResult.failed(f"{err.__class__.__name__}: {first_line(err, 1900)}")
     log_results(run, config, result, title)
