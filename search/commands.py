@@ -15,9 +15,19 @@ from search.errors import TrialFailed, UsageError
 
 
 def _load_data(data_dir, data_config):
-    from search.data import load_cifar10, prepare
+    from search.data import load_dataset, prepare
 
-    return prepare(load_cifar10(data_dir), data_config)
+    return prepare(load_dataset(data_config, data_dir), data_config)
+
+
+def _check_data_not_searched(spec) -> None:
+    """A sweep loads its images once: the settings that choose them are not searchable."""
+    from search.data import DATASET_SETTINGS
+
+    for name in spec.space.params:
+        if name.split(".")[:2] in (["data", s] for s in DATASET_SETTINGS):
+            raise UsageError(f"{spec.path}: params: {name} cannot be searched (a sweep loads its images once; "
+                             "run one sweep per data source)")
 
 
 def _check_model(config, tracking_uri: Optional[str]) -> None:
@@ -159,6 +169,7 @@ def sweep(space, *, engine: Optional[str] = None, trials: Optional[int] = None,
     _check_drivers(options.storage, tracking_uri)
     if not spec.space.params:
         raise UsageError(f"{spec.path}: params: the space has no parameters to search (use `blocksweep train`)")
+    _check_data_not_searched(spec)
     chosen = backend.select(backend_name)
     _check_model(spec.base_config(), tracking_uri)
 
@@ -170,11 +181,11 @@ def sweep(space, *, engine: Optional[str] = None, trials: Optional[int] = None,
     tracker = Tracker(tracking_uri)
     environment = _environment(spec, chosen)
     options = replace(options, system_metrics=_system_metrics(system_metrics, environment))
-    from search.data import load_cifar10
+    from search.data import load_dataset
 
     # The data is checked before the study or the parent run is created.
-    s = Sweep(spec=spec, dataset=load_cifar10(data_dir), tracker=tracker, options=options,
-              tags=environment)
+    s = Sweep(spec=spec, dataset=load_dataset(spec.base_config().data, data_dir), tracker=tracker,
+              options=options, tags=environment)
     s.splits_for(spec.base_config().data)
     eng.check(s)
     s.open(storage_kind=_storage_kind(options))

@@ -28,6 +28,7 @@ class Splits:
     std: tuple[float, float, float]
     label_names: tuple[str, ...]
     source: str
+    name: str = "CIFAR-10"  # the dataset's name (a folder's: the folder's name)
 
     @property
     def num_classes(self) -> int:
@@ -55,14 +56,18 @@ def stratified_pick(labels: np.ndarray, size: int, rng: np.random.Generator) -> 
     return out
 
 
-def prepare(dataset: Cifar10, config) -> Splits:
-    """Split and normalise per a `DataConfig`: classes filter, validation split, train and
+def prepare(dataset, config) -> Splits:
+    """Split and normalise a dataset (`Cifar10`, or `ImageFolder` of folders.py: NHWC
+    uint8 train and test arrays) per a `DataConfig`: classes filter, validation split, train and
     test subsets, then per-channel standardisation with the training split's statistics."""
     rng = np.random.default_rng(config.seed)
     x_train, y_train = dataset.x_train, dataset.y_train
     x_test, y_test = dataset.x_test, dataset.y_test
     names = dataset.label_names
     if config.classes is not None:
+        if max(config.classes) >= len(names):
+            raise UsageError(f"data.classes: index {max(config.classes)}, but the data has {len(names)} classes "
+                             f"(0..{len(names) - 1})")
         remap = {c: i for i, c in enumerate(config.classes)}
         keep = np.isin(y_train, config.classes)
         x_train, y_train = x_train[keep], np.vectorize(remap.get)(y_train[keep])
@@ -102,5 +107,5 @@ def prepare(dataset: Cifar10, config) -> Splits:
         x_val=images(x_train[val_idx]), y_val=labels(y_train[val_idx]),
         x_test=images(x_test), y_test=labels(y_test),
         mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
-        label_names=names, source=dataset.source,
+        label_names=names, source=dataset.source, name=getattr(dataset, "name", "CIFAR-10"),
     )

@@ -149,8 +149,8 @@ _INPUTS: dict[int, tuple] = {}  # id(splits) -> (weak reference, dataset inputs)
 
 
 def dataset_inputs(splits) -> list[DatasetInput]:
-    """A data split as MLflow dataset inputs, one per part: named CIFAR-10, its source the
-    folder the batches were read from, the context tag (`mlflow.data.context`) train,
+    """A data split as MLflow dataset inputs, one per part: named after the data (CIFAR-10,
+    or an image folder's name), its source the folder the images were read from, the context tag (`mlflow.data.context`) train,
     validation or test, and its digest the first 8 hex digits (as long as MLflow's own)
     of the SHA-256 of that part's images and labels as the model saw them (after the class
     filter, subsets and normalisation). Hashing the full training split takes about a
@@ -169,7 +169,8 @@ def dataset_inputs(splits) -> list[DatasetInput]:
             continue
         with warnings.catch_warnings():  # MLflow registers two local-file sources and says so
             warnings.simplefilter("ignore", UserWarning)
-            data = mlflow.data.from_numpy(features, source=source, targets=targets, name=DATASET_NAME,
+            data = mlflow.data.from_numpy(features, source=source, targets=targets,
+                                          name=getattr(splits, "name", DATASET_NAME),
                                           digest=store.digest_arrays([features, targets])[:8])
         inputs.append(DatasetInput(Dataset(**data.to_dict()), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
     _INPUTS.clear()  # one split at a time is what sweeps use; keep memory flat

@@ -74,7 +74,8 @@ def train_and_evaluate(config, splits, *, report: Optional[Report] = None,
     with trial_setup(config):
         net = build_model(config, splits)
         augmenting = bool(config.data.augment.flip or config.data.augment.translate)
-        trainer = keras.Sequential([keras.Input(splits.input_shape), *augmentation(config, config.train.seed), net],
+        augment = augmentation(config, config.train.seed, splits.input_shape[:2])
+        trainer = keras.Sequential([keras.Input(splits.input_shape), *augment, net],
                                    name="trainer") if augmenting else net
         steps = math.ceil(len(splits.x_train) / config.train.batch_size)
         trainer.compile(optimizer=optimizer(config, steps), loss=loss_function(config), metrics=["accuracy"])

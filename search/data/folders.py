@@ -1,0 +1,363 @@
+"""Your own images: a folder of labelled images, decoded once and cached.
+
+The layout is `keras.utils.image_dataset_from_directory`'s: one sub-folder per class, the
+class names the sub-folders' names, sorted; PNG, JPEG, BMP or GIF files inside (by their
+content, not their names). Files whose names start with "." (.DS_Store, editors' backups)
+are not read.
+
+    data:
+      source: {folder: photos}     # photos/cat/*.png, photos/dog/*.jpg, ...
+      image_size: [64, 64]         # height, width; default: the most common size
+      test: photos_test            # optional; default a stratified test_fraction of photos/
+      on_bad_image: error          # or skip
+
+Every image becomes RGB (grayscale, palette and RGBA images are converted, the alpha
+channel dropped; a warning counts them) and is resized to `image_size` with Pillow's
+Lanczos filter, the same call `blocksweep predict` makes on a new image, so the kept model
+sees a user's image as it saw its training images.
+
+Decoding happens once: the folder is decoded in parallel (one thread per core; Pillow
+releases the GIL while it decodes) into `mlruns/images/<key>.npz`, where the key hashes
+every file's relative path, size and modification time plus the settings that change the
+pixels (image size, on_bad_image). A second trial, a rerun or a second worker on the same
+machine reads the cache instead (decoded uint8, uncompressed). The test split, when drawn
+from the folder, is drawn once (stratified, seed 0: it belongs to the data, not to a
+trial's `data.seed`) and recorded beside the cache as `<key>.test-<fraction>.json`.
+
+Folders whose decoded images exceed `IN_MEMORY_LIMIT` bytes are refused with that number:
+the trainer holds every split in memory as float32 (4x the uint8 cache), so the line is
+drawn where a trial needs about 4 GiB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from search.errors import UsageError, first_line
+
+FORMATS = ("PNG", "JPEG", "BMP", "GIF")  # Pillow's names for the formats a folder may hold
+# Decoded uint8 bytes held in memory at most (train and test together): 1 GiB, which a
+# trial holds as ~4 GiB of float32. About 350,000 images at 32x32, 87,000 at 64x64.
+IN_MEMORY_LIMIT = 1 << 30
+# The pixels of a decoded cache entry depend on these; bump when the decoding changes.
+DECODER_VERSION = 1
+# Pillow's modes other than RGB, in words, for the conversion warning.
+MODES = {"1": "black-and-white", "L": "grayscale", "I": "grayscale", "I;16": "grayscale", "F": "grayscale",
+         "LA": "grayscale with alpha", "La": "grayscale with alpha", "RGBA": "RGBA", "RGBa": "RGBA",
+         "P": "palette", "PA": "palette with alpha", "CMYK": "CMYK", "YCbCr": "YCbCr"}
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """A folder's images as arrays, the shape `prepare` (splits.py) takes: NHWC uint8
+    images and int labels for train and test, with the class names and where they came from."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    label_names: tuple[str, ...]
+    source: str
+    name: str  # the folder's name: the MLflow dataset's name
+    digest: str = ""  # the cache key: the folder's content (names, sizes, mtimes) and settings
+    skipped: tuple[str, ...] = field(default=())  # bad files left out (on_bad_image: skip)
+    decode_seconds: float = 0.0  # 0 when read from the cache
+    cached: bool = False
+
+
+# --------------------------------------------------------------------------- listing
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A folder's image files (relative paths, sorted) and their class indices."""
+
+    root: Path
+    files: tuple[str, ...]
+    labels: tuple[int, ...]
+    classes: tuple[str, ...]
+
+    def key_fields(self) -> list:
+        """Each file's relative path, size and modification time: what the cache key hashes."""
+        out = []
+        for rel in self.files:
+            st = (self.root / rel).stat()
+            out.append([rel, st.st_size, st.st_mtime_ns])
+        return out
+
+
+def list_folder(root: Path, what: str, classes: Optional[tuple[str, ...]] = None) -> Listing:
+    """The class sub-folders and their files; UsageError names what is wrong. `classes`:
+    the class folders a test folder must have (the training folder's)."""
+    if not root.exists():
+        raise UsageError(f"{what} {root}: no such folder")
+    if not root.is_dir():
+        raise UsageError(f"{what} {root}: not a folder (expected one sub-folder per class)")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise UsageError(f"{what} {root}: no class folders (expected one sub-folder of images per class)")
+    if classes is None and len(found) < 2:
+        raise UsageError(f"{what} {root}: one class only ({found[0]}/); a classifier needs at least two class folders")
+    if classes is not None and tuple(found) != classes:
+        missing = sorted(set(classes) - set(found))
+        extra = sorted(set(found) - set(classes))
+        raise UsageError(f"{what} {root}: its class folders differ from the training folder's "
+                         f"(missing: {', '.join(missing) or '-'}; not in training: {', '.join(extra) or '-'})")
+    files, labels = [], []
+    for index, name in enumerate(found):
+        inside = sorted(p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not inside:
+            raise UsageError(f"{what} {root / name}: a class folder with no images")
+        files += [str(p.relative_to(root)) for p in inside]
+        labels += [index] * len(inside)
+    return Listing(root=root, files=tuple(files), labels=tuple(labels), classes=tuple(found))
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class BadImage(Exception):
+    """A file that is not a readable image of an accepted format."""
+
+
+def _open(path: Path):
+    """The opened image (lazy: the header only), checked for format and size."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise BadImage(f"refused, too large to decode safely ({first_line(err, 120)})") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image (PNG, JPEG, BMP or GIF)") from None
+    except OSError as err:
+        raise BadImage(f"cannot read ({err.__class__.__name__}: {first_line(err, 120)})") from None
+    if img.format not in FORMATS:
+        img.close()
+        raise BadImage(f"a {img.format} image; a folder may hold PNG, JPEG, BMP and GIF images")
+    return img
+
+
+def image_size_of(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header."""
+    with _open(path) as img:
+        return img.size[1], img.size[0]
+
+
+def decode(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """One file as (height, width, 3) uint8 RGB at `size`, and its original mode. The resize
+    is Pillow's Lanczos on the RGB image: `blocksweep predict` (artifacts/predict.py) makes
+    the same call, so a new image is seen as the training images were."""
+    from PIL import Image
+
+    try:
+        with _open(path) as img:
+            mode = img.mode
+            if mode == "P" and "transparency" in img.info:
+                mode = "PA"
+            # A GIF's first frame; RGBA's alpha channel is dropped (not composited).
+            rgb = img.convert("RGB")
+    except BadImage:
+        raise
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
+        raise BadImage(f"corrupt or truncated image ({err.__class__.__name__}: {first_line(err, 120)})") from None
+    if rgb.size != (size[1], size[0]):
+        rgb = rgb.resize((size[1], size[0]), Image.Resampling.LANCZOS)
+    return np.asarray(rgb, dtype=np.uint8), mode
+
+
+def _workers() -> int:
+    return max(1, min(16, os.cpu_count() or 1))
+
+
+def _most_common_size(listing: Listing, bad: dict[str, str], what: str) -> tuple[int, int]:
+    def header(rel):
+        try:
+            return rel, image_size_of(listing.root / rel), None
+        except BadImage as err:
+            return rel, None, str(err)
+
+    with ThreadPoolExecutor(_workers()) as pool:
+        sizes = Counter()
+        for rel, size, err in pool.map(header, listing.files):
+            if err is not None:
+                bad[rel] = err
+            else:
+                sizes[size] += 1
+    if not sizes:
+        raise UsageError(f"{what} {listing.root}: no readable images")
+    # Ties go to the larger image (more pixels kept), then the taller one.
+    return max(sizes.items(), key=lambda kv: (kv[1], kv[0][0] * kv[0][1], kv[0]))[0]
+
+
+def _decode_all(listing: Listing, size: tuple[int, int], bad: dict[str, str]):
+    """Every file decoded (in parallel) at `size`: images, labels, files kept, modes met."""
+    def one(rel):
+        try:
+            return decode(listing.root / rel, size)
+        except BadImage as err:
+            return str(err)
+
+    images, labels, kept, modes = [], [], [], Counter()
+    with ThreadPoolExecutor(_workers()) as pool:
+        for rel, label, out in zip(listing.files, listing.labels, pool.map(one, listing.files)):
+            if isinstance(out, str):
+                bad.setdefault(rel, out)
+                continue
+            pixels, mode = out
+            images.append(pixels)
+            labels.append(label)
+            kept.append(rel)
+            if mode != "RGB":
+                modes[mode] += 1
+    x = np.stack(images) if images else np.zeros((0, *size, 3), np.uint8)
+    return x, np.asarray(labels, dtype=np.int64), kept, modes
+
+
+def _check_bad(bad: dict[str, str], root: Path, what: str, on_bad_image: str) -> None:
+    if not bad:
+        return
+    first = sorted(bad)[0]
+    if on_bad_image == "error":
+        more = f" (and {len(bad) - 1} more bad files)" if len(bad) > 1 else ""
+        raise UsageError(f"{what} {root / first}: {bad[first]}{more}; set data.on_bad_image: skip to leave "
+                         "bad files out")
+    names = ", ".join(sorted(bad)[:5]) + (f", ... ({len(bad) - 5} more)" if len(bad) > 5 else "")
+    print(f"blocksweep: warning: {root}: skipped {len(bad)} bad file{'s' * (len(bad) > 1)} "
+          f"(data.on_bad_image: skip): {names}", file=sys.stderr)
+
+
+def _warn_modes(modes: Counter, root: Path) -> None:
+    if modes:
+        parts = ", ".join(f"{n} {MODES.get(m, m)}" for m, n in sorted(modes.items()))
+        alpha = " (alpha dropped)" if any("A" in m or m == "PA" for m in modes) else ""
+        print(f"blocksweep: note: {root}: converted {sum(modes.values())} images to RGB: {parts}{alpha}",
+              file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def _cache_root() -> Path:
+    from search.tracking.store import cache_dir
+
+    return cache_dir("images")
+
+
+def _load_part(listing: Listing, size: Optional[tuple[int, int]], on_bad_image: str, what: str):
+    """(x, y, files, key, seconds decoding, cached) of one folder, through the cache."""
+    import time
+
+    from search.tracking.store import key_of, locked, replace_atomically
+
+    key = key_of({"files": listing.key_fields(), "classes": listing.classes, "size": size,
+                  "on_bad_image": on_bad_image, "decoder": DECODER_VERSION})
+    path = _cache_root() / f"{key}.npz"
+    with locked(path):  # parallel workers wait for the first one's decoding
+        if path.exists():
+            with np.load(path, allow_pickle=False) as z:
+                skipped = [str(s) for s in z["skipped"]]
+                if skipped:  # the warning, every time the data is used
+                    _check_bad({s: "skipped before" for s in skipped}, listing.root, what, on_bad_image)
+                return z["x"], z["y"], [str(f) for f in z["files"]], key, 0.0, True
+        start = time.perf_counter()
+        bad: dict[str, str] = {}
+        if size is None:
+            size = _most_common_size(listing, bad, what)
+            if on_bad_image == "error":  # skipped files are named once, after decoding
+                _check_bad(bad, listing.root, what, on_bad_image)
+        n = len(listing.files)
+        if n * size[0] * size[1] * 3 > IN_MEMORY_LIMIT:
+            raise UsageError(f"{what} {listing.root}: {n} images at {size[0]}x{size[1]} are "
+                             f"{n * size[0] * size[1] * 3 / 2**30:.1f} GiB decoded, over the "
+                             f"{IN_MEMORY_LIMIT / 2**30:.0f} GiB held in memory; set a smaller data.image_size")
+        x, y, kept, modes = _decode_all(listing, size, bad)
+        _check_bad(bad, listing.root, what, on_bad_image)
+        _warn_modes(modes, listing.root)
+        missing = sorted(set(listing.classes) - {listing.classes[i] for i in set(y.tolist())})
+        if missing:
+            raise UsageError(f"{what} {listing.root / missing[0]}: no readable images left in this class folder")
+        seconds = time.perf_counter() - start
+        tmp = path.with_name(f"{key}.tmp.npz")
+        np.savez(tmp, x=x, y=y, files=np.asarray(kept, dtype=str), skipped=np.asarray(sorted(bad), dtype=str))
+        replace_atomically(tmp, path)
+        return x, y, kept, key, seconds, False
+
+
+def _test_split(key: str, files: list[str], y: np.ndarray, fraction: float) -> np.ndarray:
+    """Indices of the test images drawn from the folder: stratified, seed 0, picked once and
+    recorded as a list of files beside the cache, which later runs read back."""
+    from search.data.splits import stratified_pick
+    from search.tracking.store import locked
+
+    record = _cache_root() / f"{key}.test-{fraction:g}.json"
+    with locked(record):
+        if record.exists():
+            chosen = set(json.loads(record.read_text())["test"])
+            return np.asarray([i for i, f in enumerate(files) if f in chosen], dtype=np.int64)
+        size = max(1, round(len(files) * fraction))
+        if size >= len(files):
+            raise UsageError(f"data.test_fraction {fraction:g}: leaves no training images of {len(files)}")
+        picked = np.sort(stratified_pick(y, size, np.random.default_rng(0)))
+        tmp = record.with_name(record.name + ".tmp")
+        tmp.write_text(json.dumps({"test_fraction": fraction, "seed": 0,
+                                   "test": [files[i] for i in picked]}, indent=1))
+        os.replace(tmp, record)
+        return picked
+
+
+def load_folder(config) -> ImageFolder:
+    """The images of a `data.source: {folder: PATH}` config (a `DataConfig`), through the
+    decoded cache; UsageError names a bad folder or file."""
+    root = Path(config.source.folder)
+    listing = list_folder(root, "data.source.folder")
+    x, y, files, key, seconds, cached = _load_part(listing, config.image_size, config.on_bad_image,
+                                                   "data.source.folder")
+    size = tuple(x.shape[1:3])
+    if config.test is not None:
+        test = list_folder(Path(config.test), "data.test", classes=listing.classes)
+        tx, ty, _, test_key, test_seconds, test_cached = _load_part(test, size, config.on_bad_image, "data.test")
+        seconds += test_seconds
+        cached = cached and test_cached
+        key = f"{key}+{test_key}"
+    else:
+        pick = _test_split(key, files, y, config.test_fraction)
+        rest = np.setdiff1d(np.arange(len(files)), pick)
+        x, y, tx, ty = x[rest], y[rest], x[pick], y[pick]
+    return ImageFolder(x_train=x, y_train=y, x_test=tx, y_test=ty, label_names=listing.classes,
+                       source=str(root.resolve()), name=root.resolve().name, digest=key,
+                       decode_seconds=seconds, cached=cached)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_image_folder(root: str | os.PathLike, images: np.ndarray, labels: np.ndarray,
+                       label_names: tuple[str, ...], size: Optional[tuple[int, int]] = None,
+                       fmt: str = "png") -> Path:
+    """Write (n, h, w, 3) uint8 images as `root/<class name>/<index>.<fmt>`, resized to
+    `size` (height, width) with Lanczos when given. Used by tests and bench/ to make
+    real-shaped folders (spaces/folder_demo.yaml's)."""
+    from PIL import Image
+
+    root = Path(root)
+    for name in set(label_names[int(c)] for c in labels):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for i, (pixels, label) in enumerate(zip(images, labels)):
+        img = Image.fromarray(np.asarray(pixels, dtype=np.uint8), "RGB")
+        if size is not None and img.size != (size[1], size[0]):
+            img = img.resize((size[1], size[0]), Image.Resampling.LANCZOS)
+        img.save(root / label_names[int(label)] / f"{i:05d}.{fmt}")
+    return root
