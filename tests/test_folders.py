@@ -1,0 +1,235 @@
+"""Your own images: `data.source: {folder: PATH}` (search/data/folders.py) and CIFAR-100,
+from the space file to a prediction on a PNG of another size.
+
+The folders are real PNG/JPEG/BMP/GIF files written from the tiny_cifar fixture."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search.config import DataConfig, FolderSource
+from search.data import load_cifar10, load_cifar100, load_folder, prepare, write_cifar100, write_image_folder
+from search.errors import UsageError
+from tests.conftest import REPO, synthetic_cifar
+
+DEMO_CLASSES = ("airplane", "automobile", "bird")
+
+
+@pytest.fixture(scope="module")
+def demo_folder(tmp_path_factory, tiny_cifar) -> Path:
+    """spaces/folder_demo.yaml's folder in small: 3 classes x 100 tiny_cifar images as 48x48 PNGs."""
+    data = load_cifar10(tiny_cifar)
+    pick = np.concatenate([np.flatnonzero(data.y_train == c)[:100] for c in range(3)])
+    root = tmp_path_factory.mktemp("folders") / "folder_demo"
+    return write_image_folder(root, data.x_train[pick], data.y_train[pick], data.label_names, size=(48, 48))
+
+
+def folder_config(path, **settings) -> DataConfig:
+    return DataConfig(source=FolderSource(folder=str(path)), val_size=settings.pop("val_size", 20), **settings)
+
+
+def small_folder(root: Path, per_class: int = 6, classes=("a", "b"), size=(16, 16)) -> Path:
+    x, y, _, _ = synthetic_cifar(per_class * len(classes) * 5, 10)
+    pick = np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(len(classes))])
+    return write_image_folder(root, x[pick], y[pick], classes + ("",) * 10, size=size)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_folder_demo_sweeps_compares_exports_and_predicts_a_png_of_another_size(cli, workdir, demo_folder, capsys):
+    from PIL import Image
+
+    shutil.copytree(demo_folder, workdir / "data" / "folder_demo")  # the path the space file names
+    space = REPO / "spaces" / "folder_demo.yaml"
+    assert cli("run", space, "--trials", "2", "--set", "train.epochs=1", "--quiet") == 0
+    assert len(list((workdir / "mlruns" / "images").glob("*.npz"))) == 1  # decoded once, cached
+    assert cli("compare") == 0
+    capsys.readouterr()
+    assert cli("export", "--out", workdir / "exp") == 0
+    info = json.loads((workdir / "exp" / "classifier.json").read_text())
+    assert info["label_names"] == list(DEMO_CLASSES) and info["input_shape"] == [48, 48, 3]
+    assert info["dataset"] == "folder_demo"
+
+    # A PNG of another size: predict resizes it as the loader resized the training images.
+    big = workdir / "bird_big.png"
+    Image.open(next((workdir / "data" / "folder_demo" / "bird").iterdir())).resize((100, 70)).save(big)
+    capsys.readouterr()
+    assert cli("predict", "--model", workdir / "exp", big, "--json") == 0
+    (answer,) = json.loads(capsys.readouterr().out)
+    assert answer["label"] in DEMO_CLASSES and set(answer["probabilities"]) == set(DEMO_CLASSES)
+
+    # Every trial's run names the folder and its digest as its dataset input.
+    client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "folder_demo"]
+    runs = client.search_runs([exp.experiment_id])
+    for run in runs:
+        datasets = [d.dataset for d in run.inputs.dataset_inputs]
+        assert datasets and {d.name for d in datasets} == {"folder_demo"}
+        assert all("data/folder_demo" in d.source and d.digest for d in datasets)
+
+
+# --------------------------------------------------------------------------- the cache and the test split
+
+
+def test_a_folder_is_decoded_once_and_a_change_of_content_decodes_again(workdir, demo_folder, tmp_path):
+    folder = shutil.copytree(demo_folder, tmp_path / "copy")
+    first = load_folder(folder_config(folder))
+    second = load_folder(folder_config(folder))
+    assert not first.cached and second.cached and second.decode_seconds == 0
+    assert np.array_equal(first.x_train, second.x_train) and np.array_equal(first.y_test, second.y_test)
+    assert first.x_train.shape[1:] == (48, 48, 3) and first.label_names == DEMO_CLASSES
+    assert first.digest == second.digest
+
+    # A file rewritten (new size and modification time): a new key, decoded again.
+    from PIL import Image
+
+    victim = sorted((folder / "bird").iterdir())[0]
+    Image.new("RGB", (48, 48), (255, 0, 0)).save(victim)
+    third = load_folder(folder_config(folder))
+    assert not third.cached and third.digest != first.digest
+
+
+def test_the_test_split_is_stratified_drawn_once_and_read_back(workdir, demo_folder):
+    config = folder_config(demo_folder, test_fraction=0.2)
+    data = load_folder(config)
+    assert np.bincount(data.y_test).tolist() == [20, 20, 20] and len(data.y_train) == 240
+    (record,) = (workdir / "mlruns" / "images").glob("*.test-0.2.json")
+    chosen = json.loads(record.read_text())["test"]
+    assert len(chosen) == 60 and all(Path(f).parts[0] in DEMO_CLASSES for f in chosen)
+
+    # Later runs read the recorded list, not a fresh draw: edit it and the split follows.
+    record.write_text(json.dumps({"test": chosen[:30]}))
+    again = load_folder(config)
+    assert len(again.y_test) == 30 and len(again.y_train) == 270
+
+
+def test_an_explicit_test_folder_must_have_the_training_folders_classes(workdir, tmp_path):
+    train = small_folder(tmp_path / "train", size=(20, 24))
+    test = small_folder(tmp_path / "test", per_class=3, size=(40, 40))
+    data = load_folder(folder_config(train, test=str(test), val_size=0))
+    assert len(data.y_test) == 6 and data.x_test.shape[1:] == (20, 24, 3)  # resized to the training size
+    odd = small_folder(tmp_path / "odd", per_class=3, classes=("a", "c"))
+    with pytest.raises(UsageError, match=r"data.test .*odd: its class folders differ .*missing: b; not in training: c"):
+        load_folder(folder_config(train, test=str(odd), val_size=0))
+
+
+def test_the_default_size_is_the_most_common_and_an_asked_size_resizes(workdir, tmp_path):
+    folder = small_folder(tmp_path / "f", size=(30, 40))
+    small_folder(tmp_path / "f2", per_class=2, size=(10, 10))
+    for source in (tmp_path / "f2").iterdir():  # fewer images of another size, in the same classes
+        for i, f in enumerate(source.iterdir()):
+            shutil.copy(f, folder / source.name / f"small{i}.png")
+    assert load_folder(folder_config(folder, val_size=0)).x_train.shape[1:] == (30, 40, 3)
+    assert load_folder(folder_config(folder, val_size=0, image_size=(12, 14))).x_train.shape[1:] == (12, 14, 3)
+
+
+def test_mixed_modes_and_formats_become_rgb_with_a_note(workdir, tmp_path, capsys):
+    from PIL import Image
+
+    folder = small_folder(tmp_path / "f")
+    Image.new("L", (16, 16), 128).save(folder / "a" / "gray.png")
+    Image.new("RGBA", (16, 16), (10, 20, 30, 0)).save(folder / "a" / "rgba.png")
+    Image.new("RGB", (16, 16), (200, 0, 0)).convert("P").save(folder / "b" / "palette.gif")
+    Image.new("RGB", (16, 16), (0, 200, 0)).save(folder / "b" / "green.bmp")
+    Image.new("RGB", (16, 16), (0, 0, 200)).save(folder / "b" / "blue.jpg", quality=95)
+    data = load_folder(folder_config(folder, val_size=0, test_fraction=0.1))
+    assert len(data.y_train) + len(data.y_test) == 17 and data.x_train.shape[-1] == 3
+    err = capsys.readouterr().err
+    assert "converted 3 images to RGB" in err and "1 grayscale" in err and "1 RGBA" in err and "alpha dropped" in err
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _truncated(folder: Path) -> Path:
+    victim = sorted((folder / "a").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:60])
+    return victim
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda root: root / "nowhere", ["data.source.folder", "nowhere: no such folder"]),
+    (lambda root: (root / "empty").mkdir(parents=True) or root / "empty", ["empty: no class folders"]),
+    (lambda root: (small_folder(root / "f"), (root / "f" / "c").mkdir())[0],
+     ["f/c: a class folder with no images"]),
+    (lambda root: small_folder(root / "f", classes=("a",)), ["one class only (a/)"]),
+    (lambda root: (small_folder(root / "f"), (root / "f" / "b" / "notes.txt").write_text("hi"))[0],
+     ["b/notes.txt: not an image", "data.on_bad_image: skip"]),
+    (lambda root: (lambda f: (_truncated(f), f)[1])(small_folder(root / "f")),
+     ["a/", "corrupt or truncated image"]),
+], ids=["missing", "empty", "class-without-images", "one-class", "non-image", "truncated"])
+def test_a_bad_folder_is_one_line_exit_2_and_nothing_recorded(cli, workdir, write_space, capsys, make, words):
+    folder = make(workdir / "in")
+    space = write_space(f"""\
+        name: bad
+        model: {{family: vgg, blocks: 1, filters: 4, dense_units: 8}}
+        data: {{source: {{folder: {folder}}}, image_size: [16, 16], val_size: 10}}
+        train: {{epochs: 1, batch_size: 4}}
+        """)
+    assert cli("train", space, "--quiet") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("blocksweep: error:"), err
+    for word in words:
+        assert word in err
+    client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    assert not list((workdir / "mlruns").glob("images/*.npz"))
+
+
+def test_skip_leaves_bad_files_out_with_a_warning_that_counts_and_names_them(workdir, tmp_path, capsys):
+    folder = small_folder(tmp_path / "f")
+    (folder / "b" / "notes.txt").write_text("not an image")
+    victim = _truncated(folder)
+    data = load_folder(folder_config(folder, val_size=0, on_bad_image="skip"))
+    assert len(data.y_train) + len(data.y_test) == 11
+    err = capsys.readouterr().err
+    assert "skipped 2 bad files" in err and "b/notes.txt" in err and f"a/{victim.name}" in err
+    load_folder(folder_config(folder, val_size=0, on_bad_image="skip"))  # from the cache: warned again
+    assert "skipped 2 bad files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("data,words", [
+    ({"image_size": [32, 32]}, "data.image_size applies to data.source: {folder: PATH} only"),
+    ({"source": {"folder": "x"}, "image_size": [600, 32]}, "each side is 1..512 pixels"),
+    ({"label_mode": "coarse"}, "data.label_mode applies to data.source: cifar100 only"),
+    ({"source": "imagenet"}, "source"),
+])
+def test_source_settings_that_do_not_fit_are_refused(data, words):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"(?s)" + words.replace("{", r"\{").replace("}", r"\}")
+                       .replace("[", r"\[").replace(".", r"\.")):
+        DataConfig(**data)
+
+
+def test_a_sweep_cannot_search_the_data_source(cli, workdir, write_space, tiny_cifar, capsys):
+    from tests.conftest import TINY_SPACE
+
+    text = TINY_SPACE.replace("data:\n", "data:\n  source: cifar100\n")
+    space = write_space(text + "  data.label_mode: {type: categorical, choices: [fine, coarse]}\n")
+    assert cli("run", space, "--data-dir", tiny_cifar, "--quiet") == 2
+    assert "params: data.label_mode cannot be searched" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- CIFAR-100
+
+
+@pytest.mark.parametrize("mode,classes", [("fine", 100), ("coarse", 20)])
+def test_cifar100_reads_keras_layout_with_fine_or_coarse_labels(tmp_path, mode, classes):
+    x, _, tx, _ = synthetic_cifar(1000, 100)
+    fine, test_fine = np.arange(1000) % 100, np.arange(100) % 100
+    write_cifar100(tmp_path, x, fine, fine // 5, tx, test_fine, test_fine // 5)
+    data = load_cifar100(tmp_path, mode)
+    assert len(data.label_names) == classes and data.name == f"CIFAR-100 ({mode})"
+    assert data.y_train.max() == classes - 1 and data.x_train.shape == (1000, 32, 32, 3)
+    splits = prepare(data, DataConfig(source="cifar100", label_mode=mode, val_size=10, classes=(0, 19)))
+    assert splits.num_classes == 2 and splits.name == f"CIFAR-100 ({mode})"
+    with pytest.raises(UsageError, match=f"data.classes: index {classes}, but the data has {classes} classes"):
+        prepare(data, DataConfig(source="cifar100", label_mode=mode, val_size=10, classes=(0, classes)))
