@@ -7,6 +7,7 @@ Blocksweep records on this machine when no server is named.
     mlruns/kerastuner/      Keras Tuner projects, one folder per study (search/engines/kerastuner_engine.py)
     mlruns/xla_cache/       XLA's compiled programs for the fused JAX trainer (search/training/airbench/fused.py)
     mlruns/embeddings/      cached ResNet embeddings, one .npz per key (search/training/transfer.py)
+    mlruns/images/          folders of images decoded once, and their recorded test splits (search/data/folders.py)
     mlruns/pretrained/      source-task models pre-trained for transfer, one folder per key
                             (search/training/weights.py)
 
