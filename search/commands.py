@@ -20,6 +20,15 @@ def _load_data(data_dir, data_config):
     return prepare(load_dataset(data_config, data_dir), data_config)
 
 
+def _check_fits_images(model, input_shape) -> None:
+    """Each VGG block halves the image: too many blocks for small images (a folder's
+    data.image_size) would leave nothing to pool."""
+    side = min(input_shape[:2])
+    if model.family == "vgg" and side >> model.blocks < 1:
+        raise UsageError(f"model.blocks {model.blocks}: each block halves the images, and at "
+                         f"{input_shape[0]}x{input_shape[1]} (data.image_size) at most {side.bit_length() - 1} fit")
+
+
 def _check_data_not_searched(spec) -> None:
     """A sweep loads its images once: the settings that choose them are not searchable."""
     from search.data import DATASET_SETTINGS
@@ -90,6 +99,7 @@ def train(space, *, overrides=None, data_dir: Optional[str] = None,
     chosen = backend.select(backend_name)
     _check_model(config, tracking_uri)
     splits = _load_data(data_dir, config.data)
+    _check_fits_images(config.model, splits.input_shape)
 
     from search.progress import EpochBar
     from search.tracking.tracker import Tracker
@@ -186,7 +196,7 @@ def sweep(space, *, engine: Optional[str] = None, trials: Optional[int] = None,
     # The data is checked before the study or the parent run is created.
     s = Sweep(spec=spec, dataset=load_dataset(spec.base_config().data, data_dir), tracker=tracker,
               options=options, tags=environment)
-    s.splits_for(spec.base_config().data)
+    _check_fits_images(spec.base_config().model, s.splits_for(spec.base_config().data).input_shape)
     eng.check(s)
     s.open(storage_kind=_storage_kind(options))
     total = options.trials if options.trials is not None else options.study_trials

@@ -233,3 +233,16 @@ def test_cifar100_reads_keras_layout_with_fine_or_coarse_labels(tmp_path, mode, 
     assert splits.num_classes == 2 and splits.name == f"CIFAR-100 ({mode})"
     with pytest.raises(UsageError, match=f"data.classes: index {classes}, but the data has {classes} classes"):
         prepare(data, DataConfig(source="cifar100", label_mode=mode, val_size=10, classes=(0, classes)))
+
+
+def test_a_vgg_with_more_blocks_than_the_image_size_allows_is_refused(cli, workdir, write_space, capsys):
+    folder = small_folder(workdir / "f", size=(16, 16))
+    space = write_space(f"""\
+        name: small
+        model: {{family: vgg, blocks: 5, filters: 4, dense_units: 8}}
+        data: {{source: {{folder: {folder}}}, val_size: 10, test_fraction: 0.1}}
+        train: {{epochs: 1, batch_size: 4}}
+        """)
+    assert cli("train", space, "--quiet") == 2
+    assert "model.blocks 5: each block halves the images, and at 16x16 (data.image_size) at most 4 fit" in \
+        capsys.readouterr().err
