@@ -65,6 +65,10 @@ def test_folder_demo_sweeps_compares_exports_and_predicts_a_png_of_another_size(
     (answer,) = json.loads(capsys.readouterr().out)
     assert answer["label"] in DEMO_CLASSES and set(answer["probabilities"]) == set(DEMO_CLASSES)
 
+    # evaluate reads the test split the run recorded (the folder's, drawn once).
+    assert cli("evaluate", "--model", workdir / "exp", "--out", workdir / "ev") == 0
+    assert json.loads((workdir / "ev" / "evaluation.json").read_text())["images"] == 60
+
     # Every trial's run names the folder and its digest as its dataset input.
     client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     (exp,) = [e for e in client.search_experiments() if e.name == "folder_demo"]
