@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import warnings
 from collections import Counter
@@ -323,7 +324,23 @@ def _test_split(key: str, files: list[str], y: np.ndarray, fraction: float) -> n
 
 def load_folder(config) -> ImageFolder:
     """The images of a `data.source: {folder: PATH}` config (a `DataConfig`), through the
-    decoded cache; UsageError names a bad folder or file."""
+    decoded cache; UsageError names a bad folder or file, and leaves nothing behind."""
+    existed = (_store_root() / "images").exists()
+    try:
+        return _load_folder(config)
+    except UsageError:
+        if not existed:  # bad input creates nothing: not even the cache's folder and locks
+            shutil.rmtree(_store_root() / "images", ignore_errors=True)
+        raise
+
+
+def _store_root() -> Path:
+    from search.tracking.store import STORE
+
+    return STORE
+
+
+def _load_folder(config) -> ImageFolder:
     root = Path(config.source.folder)
     listing = list_folder(root, "data.source.folder")
     x, y, files, key, seconds, cached = _load_part(listing, config.image_size, config.on_bad_image,
