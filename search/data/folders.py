@@ -26,10 +26,10 @@ trial's `data.seed`) and recorded beside the cache as `<key>.test-<fraction>.jso
 
 Folders whose decoded images exceed `IN_MEMORY_LIMIT` bytes are refused with that number
 (there is no streaming loader: the trainer holds every split in memory). Measured on the
-2-core CPU (2026-12-01, load ~5.7): 5,000 PNGs at 64x64 (59 MiB decoded) raise a trial
-process's peak memory by 434-505 MiB once split and standardised to float32, about 7.5x
-the decoded bytes; so the 1 GiB line is a peak of about 8 GiB. The same folder decodes in
-5.2 s and reads back from the cache in 0.4 s.
+2-core CPU (2026-12-01, bench/folder_demo.py --memory 5000): 5,000 PNGs at 64x64 (59 MiB
+decoded) peak at 431 MiB once split and standardised to float32, 7.3x the decoded bytes;
+so the 1 GiB line is a peak of about 8 GiB. That folder decodes in 3.7-7.4 s and reads
+back from the cache in 0.3-1.3 s (load average ~5).
 """
 
 from __future__ import annotations

@@ -94,7 +94,12 @@ def prepare(dataset, config) -> Splits:
     std = xt.reshape(-1, 3).std(axis=0) if config.normalize else np.ones(3)
 
     def images(x):
-        return ((x.astype(np.float32) - mean.astype(np.float32)) / std.astype(np.float32))
+        # In place on the one float32 copy: the same arithmetic as (x - mean) / std without
+        # its two temporaries (the peak memory of a split: 4 bytes per pixel, not 12).
+        out = x.astype(np.float32)
+        out -= mean.astype(np.float32)
+        out /= std.astype(np.float32)
+        return out
 
     def labels(y):
         y = np.asarray(y, dtype=np.int64)
