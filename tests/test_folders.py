@@ -64,6 +64,9 @@ def test_folder_demo_sweeps_compares_exports_and_predicts_a_png_of_another_size(
     assert cli("predict", "--model", workdir / "exp", big, "--json") == 0
     (answer,) = json.loads(capsys.readouterr().out)
     assert answer["label"] in DEMO_CLASSES and set(answer["probabilities"]) == set(DEMO_CLASSES)
+    # A grayscale image is converted as the loader converted the folder's (CIFAR models refuse it).
+    Image.open(big).convert("L").save(workdir / "gray.png")
+    assert cli("predict", "--model", workdir / "exp", workdir / "gray.png") == 0
 
     # evaluate reads the test split the run recorded (the folder's, drawn once).
     assert cli("evaluate", "--model", workdir / "exp", "--out", workdir / "ev") == 0

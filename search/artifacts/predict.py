@@ -11,7 +11,8 @@ Image files are checked before the model loads; what cannot be read as a colour 
 one line naming the file: a missing or non-image file, a format other than PNG, JPEG, BMP
 and GIF, a
 grayscale or RGBA image (the model takes RGB; converting for the user would hide that
-transparency or a missing colour was dropped), and an image so large that decoding it could
+transparency or a missing colour was dropped; a model trained on a folder, whose loader
+converted such images, converts them too: classifier.json's `converts_to_rgb`), and an image so large that decoding it could
 exhaust memory (Pillow's decompression-bomb limit, 89 million pixels, warned about and
 refused rather than decoded).
 """
@@ -34,9 +35,11 @@ NOT_RGB = {"1": "black-and-white", "L": "grayscale", "I": "grayscale", "I;16": "
            "La": "grayscale with alpha", "CMYK": "CMYK", "YCbCr": "YCbCr", "LAB": "LAB", "HSV": "HSV"}
 
 
-def load_images(paths: list[str], size: tuple[int, int]) -> np.ndarray:
+def load_images(paths: list[str], size: tuple[int, int], convert: bool = False) -> np.ndarray:
     """PNG/JPEG/BMP/GIF files as an (n, height, width, 3) float32 array of 0..255 RGB pixels,
-    resized to `size` (height, width) where they differ. UsageError names a bad file."""
+    resized to `size` (height, width) where they differ. UsageError names a bad file.
+    `convert`: grayscale, palette and RGBA images become RGB (alpha dropped) instead of being
+    refused, as a model trained on a folder saw its own such images (search/data/folders.py)."""
     from PIL import Image, UnidentifiedImageError
 
     images = []
@@ -49,7 +52,7 @@ def load_images(paths: list[str], size: tuple[int, int]) -> np.ndarray:
                     if img.format not in FORMATS:
                         raise UsageError(f"{path}: a {img.format} image; predict reads PNG, JPEG, BMP and GIF files")
                     mode = _colour_mode(img)
-                    if mode in NOT_RGB:
+                    if mode in NOT_RGB and not convert:
                         raise UsageError(f"{path}: {NOT_RGB[mode]} image (mode {mode}); the model takes RGB "
                                          "images: convert it to RGB first")
                     rgb = img.convert("RGB")
@@ -94,7 +97,8 @@ def predict(model_dir: str | Path, images: list[str], backend_name: Optional[str
     folder, flag = _export_folder(model_dir)
     info = folder_info(folder, flag)
     height, width = info["input_shape"][:2]
-    pixels = load_images(images, (height, width))  # every file checked before the model loads
+    # every file checked before the model loads
+    pixels = load_images(images, (height, width), convert=info.get("converts_to_rgb", False))
     backend.select(backend_name)
     kept = open_folder(folder, info, flag)
     probabilities = np.asarray(kept.model.predict(pixels, verbose=0), dtype=float)
