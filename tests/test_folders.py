@@ -253,3 +253,17 @@ def test_a_vgg_with_more_blocks_than_the_image_size_allows_is_refused(cli, workd
     assert cli("train", space, "--quiet") == 2
     assert "model.blocks 5: each block halves the images, and at 16x16 (data.image_size) at most 4 fit" in \
         capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family,settings", [
+    ("vgg", {"blocks": 2, "filters": 4, "dense_units": 8}),
+    ("allcnn", {}),
+    ("resnet50", {"input_size": 32, "width": 0.125, "stage_blocks": (1, 1, 1, 1), "head": "gap"}),
+])
+def test_every_family_is_built_for_the_datas_image_size_and_class_count(family, settings):
+    from search.config.families import FAMILIES
+    from search.models import build_model
+
+    model = build_model(FAMILIES[family](**settings), (48, 40, 3), 3)
+    assert model.input_shape == (None, 48, 40, 3) and model.output_shape == (None, 3)
+    assert np.asarray(model(np.zeros((2, 48, 40, 3), np.float32))).shape == (2, 3)
