@@ -137,6 +137,14 @@ def test_the_default_size_is_the_most_common_and_an_asked_size_resizes(workdir, 
     assert load_folder(folder_config(folder, val_size=0, image_size=(12, 14))).x_train.shape[1:] == (12, 14, 3)
 
 
+def test_a_default_size_over_the_limit_is_refused_and_an_asked_size_loads(workdir, tmp_path):
+    folder = small_folder(tmp_path / "f", per_class=2, size=(520, 16))
+    with pytest.raises(UsageError, match=r"f: its images are mostly 520x16, over the 512-pixel side .*image_size"):
+        load_folder(folder_config(folder, val_size=0, test_fraction=0.25))
+    data = load_folder(folder_config(folder, val_size=0, test_fraction=0.25, image_size=(64, 16)))
+    assert data.x_train.shape[1:] == (64, 16, 3)
+
+
 def test_mixed_modes_and_formats_become_rgb_with_a_note(workdir, tmp_path, capsys):
     from PIL import Image
 

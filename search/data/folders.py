@@ -47,6 +47,7 @@ from typing import Optional
 
 import numpy as np
 
+from search.config.records import MAX_IMAGE_SIDE
 from search.errors import UsageError, first_line
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF")  # Pillow's names for the formats a folder may hold
@@ -282,6 +283,10 @@ def _load_part(listing: Listing, size: Optional[tuple[int, int]], on_bad_image: 
             size = _most_common_size(listing, bad, what)
             if on_bad_image == "error":  # skipped files are named once, after decoding
                 _check_bad(bad, listing.root, what, on_bad_image)
+            if max(size) > MAX_IMAGE_SIDE:
+                raise UsageError(f"{what} {listing.root}: its images are mostly {size[0]}x{size[1]}, over the "
+                                 f"{MAX_IMAGE_SIDE}-pixel side data.image_size allows; set data.image_size "
+                                 "(e.g. [224, 224]) to resize them on loading")
         n = len(listing.files)
         if n * size[0] * size[1] * 3 > IN_MEMORY_LIMIT:
             raise UsageError(f"{what} {listing.root}: {n} images at {size[0]}x{size[1]} are "
