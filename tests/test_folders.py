@@ -275,3 +275,20 @@ def test_every_family_is_built_for_the_datas_image_size_and_class_count(family, 
     model = build_model(FAMILIES[family](**settings), (48, 40, 3), 3)
     assert model.input_shape == (None, 48, 40, 3) and model.output_shape == (None, 3)
     assert np.asarray(model(np.zeros((2, 48, 40, 3), np.float32))).shape == (2, 3)
+
+
+def test_train_on_cifar100_coarse_names_it_as_the_runs_dataset(cli, workdir, write_space, tmp_path, capsys):
+    x, _, tx, _ = synthetic_cifar(400, 100)
+    fine, test_fine = np.arange(400) % 100, np.arange(100) % 100
+    write_cifar100(tmp_path, x, fine, fine // 5, tx, test_fine, test_fine // 5)
+    space = write_space("""\
+        name: c100
+        model: {family: vgg, blocks: 1, filters: 4, dense_units: 8}
+        data: {source: cifar100, label_mode: coarse, val_size: 40, augment: {flip: false, translate: 0}}
+        train: {epochs: 1, batch_size: 50}
+        """)
+    assert cli("train", space, "--data-dir", tmp_path, "--quiet", "--json") == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    run = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}").get_run(run_id)
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"CIFAR-100 (coarse)"}
+    assert run.data.params["data.size.val"] == "40" and run.data.params["data.source"] == "cifar100"
