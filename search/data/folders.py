@@ -41,7 +41,7 @@ import sys
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -75,7 +75,6 @@ class ImageFolder:
     source: str
     name: str  # the folder's name: the MLflow dataset's name
     digest: str = ""  # the cache key: the folder's content (names, sizes, mtimes) and settings
-    skipped: tuple[str, ...] = field(default=())  # bad files left out (on_bad_image: skip)
     decode_seconds: float = 0.0  # 0 when read from the cache
     cached: bool = False
 
