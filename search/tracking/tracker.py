@@ -340,7 +340,8 @@ class RunLog:
                 Model.log(artifact_path=None, name=MODEL, flavor=mlflow.pyfunc, run_id=self.run_id,
                           model_id=logged.model_id, loader_module="blocksweep_pyfunc", data_path=str(data),
                           code_paths=[str(code / "blocksweep_pyfunc.py"), str(code / "blocksweep_layers.py")],
-                          signature=_signature(info), pip_requirements=requirements())
+                          signature=_signature(info),
+                          pip_requirements=requirements(pillow=bool(info.get("resize"))))
         return logged.model_id
 
     def finish(self, state: str, reason: str = "") -> None:
@@ -357,23 +358,25 @@ def _param_value(value: Any) -> str:
 
 
 def _signature(info: dict):
-    """Images (n, h, w, 3) of float32 pixels 0..255 -> label, probability, one column per class."""
+    """Images (n, h, w, 3) of float32 pixels 0..255 -> label, probability, one column per
+    class. A model that resizes (classifier.json's `resize`) takes any height and width."""
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    images = TensorSpec(np.dtype(np.float32), (-1, *info["input_shape"]))
+    shape = (-1, -1, info["input_shape"][-1]) if info.get("resize") else tuple(info["input_shape"])
+    images = TensorSpec(np.dtype(np.float32), (-1, *shape))
     answer = [ColSpec("string", "label"), ColSpec("double", "probability")]
     return ModelSignature(Schema([images]), Schema(answer + [ColSpec("double", n) for n in info["label_names"]]))
 
 
-def requirements() -> list[str]:
+def requirements(pillow: bool = False) -> list[str]:
     """What the model needs, pinned to what this process runs: MLflow, Keras and its backend,
-    numpy and pandas (the pyfunc's answer)."""
+    numpy and pandas (the pyfunc's answer), and Pillow where it resizes images."""
     import keras
 
-    backend = keras.backend.backend()
-    return [f"{name}=={_version(name)}" for name in ("mlflow", "keras", backend, "numpy", "pandas")]
+    names = ("mlflow", "keras", keras.backend.backend(), "numpy", "pandas") + (("pillow",) * pillow)
+    return [f"{name}=={_version(name)}" for name in names]
 
 
 # --------------------------------------------------------------------------- read back
