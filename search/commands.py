@@ -29,6 +29,15 @@ def _check_fits_images(model, input_shape) -> None:
                          f"{input_shape[0]}x{input_shape[1]} (data.image_size) at most {side.bit_length() - 1} fit")
 
 
+def _check_streamable(config, splits) -> None:
+    """A folder too large for memory streams, which the airbench recipe and the transfer
+    schemes cannot take (a sweep whose trials switch to them: those trials fail, saying why)."""
+    if splits.streamed:
+        from search.training import check_streamable
+
+        check_streamable(config, splits)
+
+
 def _check_data_not_searched(spec) -> None:
     """A sweep loads its images once: the settings that choose them are not searchable."""
     from search.data import DATASET_SETTINGS
@@ -100,6 +109,7 @@ def train(space, *, overrides=None, data_dir: Optional[str] = None,
     _check_model(config, tracking_uri)
     splits = _load_data(data_dir, config.data)
     _check_fits_images(config.model, splits.input_shape)
+    _check_streamable(config, splits)
 
     from search.progress import EpochBar
     from search.tracking.tracker import Tracker
@@ -197,6 +207,7 @@ def sweep(space, *, engine: Optional[str] = None, trials: Optional[int] = None,
     s = Sweep(spec=spec, dataset=load_dataset(spec.base_config().data, data_dir), tracker=tracker,
               options=options, tags=environment)
     _check_fits_images(spec.base_config().model, s.splits_for(spec.base_config().data).input_shape)
+    _check_streamable(spec.base_config(), s.splits_for(spec.base_config().data))
     eng.check(s)
     s.open(storage_kind=_storage_kind(options))
     total = options.trials if options.trials is not None else options.study_trials

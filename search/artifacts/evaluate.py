@@ -205,7 +205,12 @@ def score(net, x, y, classes: int) -> dict:
     """Accuracy, per-class accuracy (recall) and the confusion matrix (rows: true class)."""
     import numpy as np
 
-    predicted = np.argmax(net.predict(x, batch_size=512, verbose=0), axis=-1)
+    if isinstance(x, np.ndarray):
+        predicted = np.argmax(net.predict(x, batch_size=512, verbose=0), axis=-1)
+    else:  # a folder too large for memory: its test files decoded batch by batch
+        from search.training.streaming import Batches
+
+        predicted = np.argmax(net.predict(Batches(x, None, 512), verbose=0), axis=-1)
     confusion = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(confusion, (y, predicted), 1)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)

@@ -24,12 +24,18 @@ machine reads the cache instead (decoded uint8, uncompressed). The test split, w
 from the folder, is drawn once (stratified, seed 0: it belongs to the data, not to a
 trial's `data.seed`) and recorded beside the cache as `<key>.test-<fraction>.json`.
 
-Folders whose decoded images exceed `IN_MEMORY_LIMIT` bytes are refused with that number
-(there is no streaming loader: the trainer holds every split in memory). Measured on the
-2-core CPU (2026-12-01, bench/folder_demo.py --memory 5000): 5,000 PNGs at 64x64 (59 MiB
-decoded) peak at 431 MiB once split and standardised to float32, 7.3x the decoded bytes;
-so the 1 GiB line is a peak of about 8 GiB. That folder decodes in 3.7-7.4 s and reads
-back from the cache in 0.3-1.3 s (load average ~5).
+Folders whose decoded images exceed the in-memory limit (`IN_MEMORY_LIMIT`, 1 GiB of
+uint8 pixels; the environment variable BLOCKSWEEP_IN_MEMORY_LIMIT sets another, in bytes)
+stream instead (`StreamedFolder`): nothing but the file lists is held. One parallel pass
+decodes every file once to check it and to sum its pixels per channel (the sums are what
+the normalisation constants of any training split are made of: a running mean and std),
+recorded as `<key>.stream.npz`; training then decodes each batch in parallel as it needs
+it (search/training/streaming.py). The line: measured on the 2-core CPU (2026-12-01,
+bench/folder_demo.py --memory 5000), 5,000 PNGs at 64x64 (59 MiB decoded) peak at 431 MiB
+once split and standardised to float32, 7.3x the decoded bytes; so 1 GiB decoded is a
+peak of about 8 GiB, what a modest machine holds. Below it, memory is the faster path:
+that folder decodes in 3.7-7.4 s once and reads back from the cache in 0.3-1.3 s (load
+average ~5), where streaming decodes every image again each epoch.
 """
 
 from __future__ import annotations
@@ -53,7 +59,10 @@ from search.errors import UsageError, first_line
 FORMATS = ("PNG", "JPEG", "BMP", "GIF")  # Pillow's names for the formats a folder may hold
 # Decoded uint8 bytes held in memory at most (train and test together): 1 GiB, a trial's
 # peak of about 8 GiB (measured above). About 350,000 images at 32x32, 87,000 at 64x64.
+# A larger folder streams. BLOCKSWEEP_IN_MEMORY_LIMIT (bytes) moves the line (tests stream
+# a tiny folder with it).
 IN_MEMORY_LIMIT = 1 << 30
+LIMIT_VARIABLE = "BLOCKSWEEP_IN_MEMORY_LIMIT"
 # The pixels of a decoded cache entry depend on these; bump when the decoding changes.
 DECODER_VERSION = 1
 # Pillow's modes other than RGB, in words, for the conversion warning.
@@ -77,6 +86,40 @@ class ImageFolder:
     digest: str = ""  # the cache key: the folder's content (names, sizes, mtimes) and settings
     decode_seconds: float = 0.0  # 0 when read from the cache
     cached: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class StreamedFolder:
+    """A folder too large for memory: its files (absolute paths) and labels for train and
+    test, and each training file's per-channel pixel sums (int64, exact), from which
+    `prepare` makes any training split's mean and std without decoding again."""
+
+    train_files: tuple[str, ...]
+    y_train: np.ndarray
+    sums: np.ndarray  # (n, 3): each training file's pixel values summed per channel
+    squares: np.ndarray  # (n, 3): the same of their squares
+    test_files: tuple[str, ...]
+    y_test: np.ndarray
+    image_size: tuple[int, int]
+    label_names: tuple[str, ...]
+    source: str
+    name: str
+    digest: str = ""
+    decode_seconds: float = 0.0  # the checking pass; 0 when read from its record
+    cached: bool = False
+    streamed: bool = True
+
+
+def in_memory_limit() -> int:
+    """The decoded bytes a folder may have to be held in memory: $BLOCKSWEEP_IN_MEMORY_LIMIT
+    or IN_MEMORY_LIMIT."""
+    text = os.environ.get(LIMIT_VARIABLE, "").strip()
+    if not text:
+        return IN_MEMORY_LIMIT
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"{LIMIT_VARIABLE}={text}: not a number of bytes") from None
 
 
 # --------------------------------------------------------------------------- listing
@@ -269,8 +312,18 @@ def _load_part(listing: Listing, size: Optional[tuple[int, int]], on_bad_image: 
     key = key_of({"files": listing.key_fields(), "classes": listing.classes, "size": size,
                   "on_bad_image": on_bad_image, "decoder": DECODER_VERSION})
     path = _cache_root() / f"{key}.npz"
+    limit = in_memory_limit()
+    stream = _cache_root() / f"{key}.stream.npz"
+    if stream.exists() and not (path.exists() and path.stat().st_size <= limit):
+        with np.load(stream, allow_pickle=False) as z:
+            size = tuple(int(v) for v in z["size"])
+            if len(listing.files) * size[0] * size[1] * 3 > limit:
+                _check_bad({s: "skipped before" for s in z["skipped"]}, listing.root, what, on_bad_image)
+                return (size, z["sums"], z["squares"]), z["y"], [str(f) for f in z["files"]], key, 0.0, True
     with locked(path):  # parallel workers wait for the first one's decoding
-        if path.exists():
+        # (An uncompressed cache file is its pixels' bytes and a little more: over the
+        # limit, it was decoded under a higher one, and the folder streams now.)
+        if path.exists() and path.stat().st_size <= limit:
             with np.load(path, allow_pickle=False) as z:
                 skipped = [str(s) for s in z["skipped"]]
                 if skipped:  # the warning, every time the data is used
@@ -286,11 +339,8 @@ def _load_part(listing: Listing, size: Optional[tuple[int, int]], on_bad_image: 
                 raise UsageError(f"{what} {listing.root}: its images are mostly {size[0]}x{size[1]}, over the "
                                  f"{MAX_IMAGE_SIDE}-pixel side data.image_size allows; set data.image_size "
                                  "(e.g. [224, 224]) to resize them on loading")
-        n = len(listing.files)
-        if n * size[0] * size[1] * 3 > IN_MEMORY_LIMIT:
-            raise UsageError(f"{what} {listing.root}: {n} images at {size[0]}x{size[1]} are "
-                             f"{n * size[0] * size[1] * 3 / 2**30:.1f} GiB decoded, over the "
-                             f"{IN_MEMORY_LIMIT / 2**30:.0f} GiB held in memory; set a smaller data.image_size")
+        if len(listing.files) * size[0] * size[1] * 3 > limit:
+            return _scan_part(listing, size, on_bad_image, what, key, bad)
         x, y, kept, modes = _decode_all(listing, size, bad)
         _check_bad(bad, listing.root, what, on_bad_image)
         _warn_modes(modes, listing.root)
@@ -304,6 +354,58 @@ def _load_part(listing: Listing, size: Optional[tuple[int, int]], on_bad_image: 
         print(f"blocksweep: note: {listing.root}: decoded {len(x)} images at {size[0]}x{size[1]} in {seconds:.2f} s "
               f"on {_workers()} threads; cached in {path} for later runs", file=sys.stderr)
         return x, y, kept, key, seconds, False
+
+
+def _scan_part(listing: Listing, size: tuple[int, int], on_bad_image: str, what: str, key: str,
+               bad: dict[str, str]):
+    """A folder too large for memory, checked in one parallel pass that decodes each file,
+    sums its pixels per channel and lets it go; recorded as `<key>.stream.npz` (file list,
+    labels, sums). Returns what `_load_part` does, with (size, sums, squares) for the images."""
+    import time
+
+    from search.tracking.store import replace_atomically
+
+    start = time.perf_counter()
+
+    def one(rel):
+        try:
+            pixels, mode = decode(listing.root / rel, size)
+        except BadImage as err:
+            return str(err)
+        flat = pixels.reshape(-1, 3).astype(np.int64)
+        return flat.sum(axis=0), (flat * flat).sum(axis=0), mode
+
+    sums, squares, labels, kept, modes = [], [], [], [], Counter()
+    with ThreadPoolExecutor(_workers()) as pool:  # results are six numbers a file: nothing piles up
+        for rel, label, out in zip(listing.files, listing.labels, pool.map(one, listing.files)):
+            if isinstance(out, str):
+                bad.setdefault(rel, out)
+                continue
+            sums.append(out[0])
+            squares.append(out[1])
+            labels.append(label)
+            kept.append(rel)
+            if out[2] != "RGB":
+                modes[out[2]] += 1
+    _check_bad(bad, listing.root, what, on_bad_image)
+    _warn_modes(modes, listing.root)
+    y = np.asarray(labels, dtype=np.int64)
+    missing = sorted(set(listing.classes) - {listing.classes[i] for i in set(y.tolist())})
+    if missing:
+        raise UsageError(f"{what} {listing.root / missing[0]}: no readable images left in this class folder")
+    sums = np.asarray(sums, dtype=np.int64).reshape(-1, 3)
+    squares = np.asarray(squares, dtype=np.int64).reshape(-1, 3)
+    seconds = time.perf_counter() - start
+    path = _cache_root() / f"{key}.stream.npz"
+    tmp = path.with_name(f"{key}.stream.tmp.npz")
+    np.savez(tmp, size=np.asarray(size), sums=sums, squares=squares, y=y, files=np.asarray(kept, dtype=str),
+             skipped=np.asarray(sorted(bad), dtype=str))
+    replace_atomically(tmp, path)
+    print(f"blocksweep: note: {listing.root}: {len(listing.files)} images at {size[0]}x{size[1]} are "
+          f"{len(listing.files) * size[0] * size[1] * 3 / 2**20:,.1f} MiB decoded, over the "
+          f"{in_memory_limit() / 2**20:,.1f} MiB held in memory: they stream from their files (checked in "
+          f"{seconds:.2f} s on {_workers()} threads)", file=sys.stderr)
+    return (size, sums, squares), y, kept, key, seconds, False
 
 
 def _test_split(key: str, files: list[str], y: np.ndarray, fraction: float) -> np.ndarray:
@@ -346,22 +448,43 @@ def _store_root() -> Path:
     return STORE
 
 
-def _load_folder(config) -> ImageFolder:
+def _load_folder(config):
     root = Path(config.source.folder)
     listing = list_folder(root, "data.source.folder")
     x, y, files, key, seconds, cached = _load_part(listing, config.image_size, config.on_bad_image,
                                                    "data.source.folder")
-    size = tuple(x.shape[1:3])
+    streamed = isinstance(x, tuple)  # (size, sums, squares): over the in-memory limit
+    size = x[0] if streamed else tuple(x.shape[1:3])
+    test_files = None
     if config.test is not None:
         test = list_folder(Path(config.test), "data.test", classes=listing.classes)
-        tx, ty, _, test_key, test_seconds, test_cached = _load_part(test, size, config.on_bad_image, "data.test")
+        tx, ty, test_files, test_key, test_seconds, test_cached = _load_part(test, size, config.on_bad_image,
+                                                                             "data.test")
+        if isinstance(tx, tuple) != streamed:  # one part streams, the other fits: both stream
+            tx = (size, None, None) if streamed else tx
+            streamed = True
+            if not isinstance(x, tuple):
+                flat = x.reshape(len(x), -1, 3).astype(np.int64)
+                x = (size, flat.sum(axis=1), (flat * flat).sum(axis=1))
+        test_root = test.root
         seconds += test_seconds
         cached = cached and test_cached
         key = f"{key}+{test_key}"
     else:
         pick = _test_split(key, files, y, config.test_fraction)
         rest = np.setdiff1d(np.arange(len(files)), pick)
-        x, y, tx, ty = x[rest], y[rest], x[pick], y[pick]
+        if streamed:
+            test_root, test_files = root, [files[i] for i in pick]
+            files, x = [files[i] for i in rest], (size, x[1][rest], x[2][rest])
+            y, ty = y[rest], y[pick]
+        else:
+            x, y, tx, ty = x[rest], y[rest], x[pick], y[pick]
+    if streamed:
+        return StreamedFolder(train_files=tuple(str((root / f).resolve()) for f in files), y_train=y,
+                              sums=x[1], squares=x[2],
+                              test_files=tuple(str((test_root / f).resolve()) for f in test_files), y_test=ty,
+                              image_size=size, label_names=listing.classes, source=str(root.resolve()),
+                              name=root.resolve().name, digest=key, decode_seconds=seconds, cached=cached)
     return ImageFolder(x_train=x, y_train=y, x_test=tx, y_test=ty, label_names=listing.classes,
                        source=str(root.resolve()), name=root.resolve().name, digest=key,
                        decode_seconds=seconds, cached=cached)

@@ -6,6 +6,7 @@ statistics. Selection uses validation only; the test split is for reporting.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -38,6 +39,11 @@ class Splits:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def streamed(self) -> bool:
+        """Images decoded batch by batch from their files (a folder too large for memory)."""
+        return isinstance(self.x_train, StreamedImages)
+
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.x_train), "val": len(self.x_val), "test": len(self.x_test)}
 
@@ -56,40 +62,121 @@ def stratified_pick(labels: np.ndarray, size: int, rng: np.random.Generator) -> 
     return out
 
 
-def prepare(dataset, config) -> Splits:
-    """Split and normalise a dataset (`Cifar10`, or `ImageFolder` of folders.py: NHWC
-    uint8 train and test arrays) per a `DataConfig`: classes filter, validation split, train and
-    test subsets, then per-channel standardisation with the training split's statistics."""
+@dataclass(frozen=True, eq=False)
+class StreamedImages:
+    """One part of a streamed split: image files that are decoded (in parallel) and
+    standardised only when indexed, `images[i:j]` or `images[indices]`, with the same
+    arithmetic as an in-memory split's. Stands where an array stands in `Splits` (len,
+    shape, slicing); search/training/streaming.py feeds it to Keras batch by batch."""
+
+    files: tuple[str, ...]
+    size: tuple[int, int]  # (height, width)
+    mean: np.ndarray  # (3,) float32, pixel units
+    std: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.files), *self.size, 3)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index) -> np.ndarray:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from search.data.folders import BadImage, _workers, decode
+
+        chosen = self.files[index] if isinstance(index, slice) else [self.files[i] for i in np.asarray(index)]
+
+        def one(path):
+            try:
+                return decode(Path(path), self.size)[0]
+            except BadImage as err:  # changed since the checking pass
+                raise UsageError(f"{path}: {err}") from None
+
+        out = np.empty((len(chosen), *self.size, 3), dtype=np.float32)
+        with ThreadPoolExecutor(min(_workers(), max(1, len(chosen)))) as pool:
+            for i, pixels in enumerate(pool.map(one, chosen)):
+                out[i] = pixels
+        out -= self.mean
+        out /= self.std
+        return out
+
+    def digest(self) -> str:
+        """SHA-256 of the file list, size and constants: the part's identity, as the
+        digest of an in-memory part's arrays is."""
+        import hashlib
+
+        h = hashlib.sha256("\n".join(self.files).encode())
+        h.update(repr((self.size, self.mean.tolist(), self.std.tolist())).encode())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which images of a dataset's train and test parts a data config uses (indices into
+    them), their labels after the class filter, and the class names."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    y_train: np.ndarray
+    y_val: np.ndarray
+    y_test: np.ndarray
+    names: tuple[str, ...]
+
+
+def select(y_train: np.ndarray, y_test: np.ndarray, names: tuple[str, ...], config) -> Selection:
+    """The class filter, validation split and train and test subsets of a `DataConfig`,
+    from the labels alone (so in-memory and streamed data split alike)."""
     rng = np.random.default_rng(config.seed)
-    x_train, y_train = dataset.x_train, dataset.y_train
-    x_test, y_test = dataset.x_test, dataset.y_test
-    names = dataset.label_names
+    train_rows, test_rows = np.arange(len(y_train)), np.arange(len(y_test))
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
     if config.classes is not None:
         if max(config.classes) >= len(names):
             raise UsageError(f"data.classes: index {max(config.classes)}, but the data has {len(names)} classes "
                              f"(0..{len(names) - 1})")
         remap = {c: i for i, c in enumerate(config.classes)}
-        keep = np.isin(y_train, config.classes)
-        x_train, y_train = x_train[keep], np.vectorize(remap.get)(y_train[keep])
-        keep = np.isin(y_test, config.classes)
-        x_test, y_test = x_test[keep], np.vectorize(remap.get)(y_test[keep])
+        train_rows = np.flatnonzero(np.isin(y_train, config.classes))
+        test_rows = np.flatnonzero(np.isin(y_test, config.classes))
+        y_train = np.vectorize(remap.get)(y_train[train_rows]) if len(train_rows) else y_train[train_rows]
+        y_test = np.vectorize(remap.get)(y_test[test_rows]) if len(test_rows) else y_test[test_rows]
         names = tuple(names[c] for c in config.classes)
 
     need = config.val_size + (config.train_size or 1)
-    if need > len(x_train):
+    if need > len(y_train):
         raise UsageError(f"data: val_size {config.val_size} + train_size {config.train_size or 1} "
-                         f"exceed the {len(x_train)} training images")
+                         f"exceed the {len(y_train)} training images")
     val_idx = stratified_pick(y_train, config.val_size, rng)
-    rest = np.setdiff1d(np.arange(len(x_train)), val_idx)
+    rest = np.setdiff1d(np.arange(len(y_train)), val_idx)
     if config.train_size is not None:
         rest = rest[stratified_pick(y_train[rest], config.train_size, rng)]
     else:
         rest = rng.permutation(rest)
-    if config.test_size is not None and config.test_size < len(x_test):
-        pick = stratified_pick(y_test, config.test_size, rng)
-        x_test, y_test = x_test[np.sort(pick)], y_test[np.sort(pick)]
+    test_idx = np.arange(len(y_test))
+    if config.test_size is not None and config.test_size < len(y_test):
+        test_idx = np.sort(stratified_pick(y_test, config.test_size, rng))
+    return Selection(train=train_rows[rest], val=train_rows[val_idx], test=test_rows[test_idx],
+                     y_train=y_train[rest], y_val=y_train[val_idx], y_test=y_test[test_idx], names=names)
 
-    xt = x_train[rest]
+
+def prepare(dataset, config) -> Splits:
+    """Split and normalise a dataset (`Cifar10`, or `ImageFolder` of folders.py: NHWC
+    uint8 train and test arrays) per a `DataConfig`: classes filter, validation split, train and
+    test subsets, then per-channel standardisation with the training split's statistics.
+    A `StreamedFolder` (a folder too large for memory) gives streamed parts (`StreamedImages`)."""
+    chosen = select(dataset.y_train, dataset.y_test, dataset.label_names, config)
+    names = chosen.names
+
+    def labels(y):
+        y = np.asarray(y, dtype=np.int64)
+        if config.labels == "onehot":
+            return np.eye(len(names), dtype=np.float32)[y]
+        return y
+
+    if getattr(dataset, "streamed", False):
+        return _prepare_streamed(dataset, config, chosen, labels)
+    xt = dataset.x_train[chosen.train]
     mean = xt.reshape(-1, 3).mean(axis=0) if config.normalize else np.zeros(3)
     std = xt.reshape(-1, 3).std(axis=0) if config.normalize else np.ones(3)
 
@@ -101,16 +188,34 @@ def prepare(dataset, config) -> Splits:
         out /= std.astype(np.float32)
         return out
 
-    def labels(y):
-        y = np.asarray(y, dtype=np.int64)
-        if config.labels == "onehot":
-            return np.eye(len(names), dtype=np.float32)[y]
-        return y
-
     return Splits(
-        x_train=images(xt), y_train=labels(y_train[rest]),
-        x_val=images(x_train[val_idx]), y_val=labels(y_train[val_idx]),
-        x_test=images(x_test), y_test=labels(y_test),
+        x_train=images(xt), y_train=labels(chosen.y_train),
+        x_val=images(dataset.x_train[chosen.val]), y_val=labels(chosen.y_val),
+        x_test=images(dataset.x_test[chosen.test]), y_test=labels(chosen.y_test),
         mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
         label_names=names, source=dataset.source, name=getattr(dataset, "name", "CIFAR-10"),
+    )
+
+
+def _prepare_streamed(dataset, config, chosen: Selection, labels) -> Splits:
+    """The streamed split: file lists, and the training split's mean and std from each
+    file's exact per-channel sums (a running mean and variance: E[x^2] - E[x]^2 in float64
+    over integer sums, within 1e-9 of numpy's two-pass numbers on the same pixels)."""
+    if config.normalize:
+        count = len(chosen.train) * dataset.image_size[0] * dataset.image_size[1]
+        mean = dataset.sums[chosen.train].sum(axis=0) / count
+        std = np.sqrt(np.maximum(dataset.squares[chosen.train].sum(axis=0) / count - mean ** 2, 0))
+    else:
+        mean, std = np.zeros(3), np.ones(3)
+
+    def images(files, rows):
+        return StreamedImages(files=tuple(files[i] for i in rows), size=tuple(dataset.image_size),
+                              mean=mean.astype(np.float32), std=std.astype(np.float32))
+
+    return Splits(
+        x_train=images(dataset.train_files, chosen.train), y_train=labels(chosen.y_train),
+        x_val=images(dataset.train_files, chosen.val), y_val=labels(chosen.y_val),
+        x_test=images(dataset.test_files, chosen.test), y_test=labels(chosen.y_test),
+        mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
+        label_names=chosen.names, source=dataset.source, name=dataset.name,
     )

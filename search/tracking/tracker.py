@@ -169,13 +169,29 @@ def dataset_inputs(splits) -> list[DatasetInput]:
             continue
         with warnings.catch_warnings():  # MLflow registers two local-file sources and says so
             warnings.simplefilter("ignore", UserWarning)
-            data = mlflow.data.from_numpy(features, source=source, targets=targets,
-                                          name=getattr(splits, "name", DATASET_NAME),
-                                          digest=store.digest_arrays([features, targets])[:8])
+            if hasattr(features, "files"):  # streamed: the digest of the file list, not of arrays
+                data = _streamed_dataset(features, targets, source, getattr(splits, "name", DATASET_NAME))
+            else:
+                data = mlflow.data.from_numpy(features, source=source, targets=targets,
+                                              name=getattr(splits, "name", DATASET_NAME),
+                                              digest=store.digest_arrays([features, targets])[:8])
         inputs.append(DatasetInput(Dataset(**data.to_dict()), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
     _INPUTS.clear()  # one split at a time is what sweeps use; keep memory flat
     _INPUTS[id(splits)] = (weakref.ref(splits), inputs)
     return inputs
+
+
+def _streamed_dataset(images, labels, source: str, name: str):
+    """A streamed part (files decoded batch by batch) as an MLflow dataset: MLflow's
+    `MetaDataset` (name, source, digest, no arrays), its digest the SHA-256 of the file
+    list, image size and constants (`StreamedImages.digest`) and of the labels."""
+    import hashlib
+
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    digest = hashlib.sha256((images.digest() + store.digest_arrays([labels])).encode()).hexdigest()[:8]
+    return MetaDataset(source=LocalArtifactDatasetSource(source), name=name, digest=digest)
 
 
 def current_uri() -> str:

@@ -25,3 +25,12 @@ def train_and_evaluate(config, splits, *, report=None, on_epoch=None, progress=N
     from search.training.loop import train_and_evaluate as train
 
     return train(config, splits, report=report, on_epoch=on_epoch, progress=progress)
+
+
+def check_streamable(config, splits) -> None:
+    """UsageError when the mode that would train `config` cannot take streamed `splits` (a
+    folder too large for memory): before a run is created."""
+    from search.training import airbench, transfer  # noqa: F401 - each registers its mode with the loop
+    from search.training.loop import check_streamable as check
+
+    check(config, splits)
