@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +293,73 @@ def test_train_on_cifar100_coarse_names_it_as_the_runs_dataset(cli, workdir, wri
     run = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}").get_run(run_id)
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"CIFAR-100 (coarse)"}
     assert run.data.params["data.size.val"] == "40" and run.data.params["data.source"] == "cifar100"
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+STREAM_SPACE = """\
+    name: streamed
+    model: {{family: vgg, blocks: 1, filters: 4, dense_units: 8, dropout: 0.0, head_dropout: 0.0}}
+    data: {{source: {{folder: {folder}}}, val_size: 10, test_fraction: 0.2, augment: {{flip: false, translate: 0}}}}
+    train: {{epochs: 2, batch_size: 64}}
+    """
+
+
+def test_a_folder_over_the_in_memory_limit_streams_and_trains_evaluates_exports_as_in_memory(
+        cli, workdir, write_space, monkeypatch, capsys, tmp_path):
+    """BLOCKSWEEP_IN_MEMORY_LIMIT below a tiny folder's decoded bytes: it streams. Its split
+    (same files, pixels, mean and std) is the in-memory one; a trial trains, evaluates and
+    exports through the same commands, and its numbers are the in-memory trial's (one batch
+    an epoch, no dropout or augmentation: the batch order, which differs, cannot matter)."""
+    from search.data import StreamedFolder
+    from search.models import load_model
+
+    folder = small_folder(workdir / "shapes", per_class=24, classes=("a", "b", "c"), size=(20, 24))  # 72 images
+    config = folder_config(folder, val_size=10, test_fraction=0.2)
+    memory = prepare(load_folder(config), config)
+    space = write_space(STREAM_SPACE.format(folder=folder))
+    assert cli("train", space, "--quiet", "--json") == 0
+    in_memory = json.loads(capsys.readouterr().out)["run_id"]
+
+    monkeypatch.setenv("BLOCKSWEEP_IN_MEMORY_LIMIT", "5000")  # bytes; the folder is 72 x 20 x 24 x 3
+    data = load_folder(config)
+    assert isinstance(data, StreamedFolder) and "they stream from their files" in capsys.readouterr().err
+    streamed = prepare(data, config)
+    assert streamed.streamed and streamed.sizes() == memory.sizes() and streamed.input_shape == (20, 24, 3)
+    assert streamed.mean == pytest.approx(memory.mean, abs=1e-9) and streamed.std == pytest.approx(memory.std, abs=1e-9)
+    for part in ("x_train", "x_val", "x_test"):
+        assert np.array_equal(getattr(streamed, part)[:], getattr(memory, part))  # decoded batch by batch
+    assert np.array_equal(streamed.y_test, memory.y_test)
+
+    assert cli("train", space, "--quiet", "--json") == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    got, want = client.get_run(run_id).data.metrics, client.get_run(in_memory).data.metrics
+    for name in ("test_accuracy", "test_loss", "best_val_accuracy"):
+        assert got[name] == pytest.approx(want[name], abs=1e-4), name
+    datasets = [d.dataset for d in client.get_run(run_id).inputs.dataset_inputs]
+    assert {d.name for d in datasets} == {"shapes"} and len({d.digest for d in datasets}) == 3
+    assert all(d.digest for d in datasets) and all("shapes" in d.source for d in datasets)
+
+    # The kept model on the in-memory test pixels gives the test accuracy the streamed trial recorded.
+    assert cli("export", "--run", run_id, "--out", tmp_path / "exp") == 0
+    model = load_model(tmp_path / "exp" / "model.keras")
+    raw = prepare(load_folder(config), replace(config, normalize=False))
+    accuracy = float(np.mean(np.asarray(model.predict(raw.x_test[:], verbose=0)).argmax(1) == raw.y_test))
+    assert accuracy == pytest.approx(got["test_accuracy"], abs=1e-6)
+    assert cli("evaluate", "--model", run_id, "--out", tmp_path / "ev") == 0  # streams its test split
+    assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["accuracy"] == pytest.approx(accuracy)
+
+
+def test_the_airbench_recipe_refuses_a_streamed_folder_in_one_line(cli, workdir, monkeypatch, capsys):
+    """The recipe keeps the training split on the device: streamed data is refused before a run."""
+    folder = small_folder(workdir / "shapes", per_class=12, size=(32, 32))
+    monkeypatch.setenv("BLOCKSWEEP_IN_MEMORY_LIMIT", "1000")
+    assert cli("train", REPO / "spaces" / "vgg_fast.yaml", "--quiet", "--set", f"data.source={{folder: {folder}}}",
+               "--set", "data.val_size=0", "--set", "data.test_fraction=0.25") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("blocksweep: error: train.recipe airbench: the recipe keeps the whole training split")
+    assert "a folder over the in-memory limit streams" in err
+    client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    assert [e.name for e in client.search_experiments()] == ["Default"]
