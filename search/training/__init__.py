@@ -9,6 +9,7 @@
     airbench/      mode: Keller Jordan's airbench94 recipe (Keras fit, or fused JAX)
     transfer.py    mode: ResNet transfer learning (feature extractor, fine-tuning)
     weights.py     pre-trained weights for the ResNet base, found and checked
+    streaming.py   a streamed folder (too large for memory) as a Keras PyDataset
 
 Importing this package is light (no Keras): engines import `results` without a backend.
 `train_and_evaluate` below is the door: it loads the modes, each of which registers with
