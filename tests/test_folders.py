@@ -363,3 +363,21 @@ def test_the_airbench_recipe_refuses_a_streamed_folder_in_one_line(cli, workdir,
     assert "a folder over the in-memory limit streams" in err
     client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     assert [e.name for e in client.search_experiments()] == ["Default"]
+
+
+def test_a_streamed_folder_checks_every_file_once_and_reads_its_record_back(workdir, tmp_path, monkeypatch, capsys):
+    """The checking pass finds a truncated file as decoding would (error: one line; skip:
+    left out, with the warning, again on reading the record back)."""
+    from search.data import StreamedFolder
+
+    folder = small_folder(tmp_path / "f")
+    victim = _truncated(folder)
+    monkeypatch.setenv("BLOCKSWEEP_IN_MEMORY_LIMIT", "1000")
+    with pytest.raises(UsageError, match=f"a/{victim.name}: corrupt or truncated image"):
+        load_folder(folder_config(folder, val_size=0))
+    first = load_folder(folder_config(folder, val_size=0, on_bad_image="skip"))
+    again = load_folder(folder_config(folder, val_size=0, on_bad_image="skip"))
+    assert isinstance(first, StreamedFolder) and not first.cached and again.cached
+    assert len(first.train_files) + len(first.test_files) == 11 and str(victim) not in first.train_files
+    assert capsys.readouterr().err.count("skipped 1 bad file") == 2
+    assert first.train_files == again.train_files and np.array_equal(first.sums, again.sums)

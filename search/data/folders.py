@@ -109,6 +109,57 @@ class StreamedFolder:
     cached: bool = False
     streamed: bool = True
 
+    def part(self, files: tuple[str, ...], mean, std) -> "StreamedImages":
+        """Some of its files as a part of a split (`prepare`), standardised with mean and std."""
+        return StreamedImages(files=files, size=tuple(self.image_size), mean=np.asarray(mean, np.float32),
+                              std=np.asarray(std, np.float32))
+
+
+@dataclass(frozen=True, eq=False)
+class StreamedImages:
+    """One part of a streamed split: image files that are decoded (in parallel) and
+    standardised only when indexed, `images[i:j]` or `images[indices]`, with the same
+    arithmetic as an in-memory split's. Stands where an array stands in `Splits` (len,
+    shape, slicing); search/training/streaming.py feeds it to Keras batch by batch."""
+
+    files: tuple[str, ...]
+    size: tuple[int, int]  # (height, width)
+    mean: np.ndarray  # (3,) float32, pixel units
+    std: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.files), *self.size, 3)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index) -> np.ndarray:
+        chosen = self.files[index] if isinstance(index, slice) else [self.files[i] for i in np.asarray(index)]
+
+        def one(path):
+            try:
+                return decode(Path(path), self.size)[0]
+            except BadImage as err:  # changed since the checking pass
+                raise UsageError(f"{path}: {err}") from None
+
+        out = np.empty((len(chosen), *self.size, 3), dtype=np.float32)
+        with ThreadPoolExecutor(min(_workers(), max(1, len(chosen)))) as pool:
+            for i, pixels in enumerate(pool.map(one, chosen)):
+                out[i] = pixels
+        out -= self.mean
+        out /= self.std
+        return out
+
+    def digest(self) -> str:
+        """SHA-256 of the file list, size and constants: the part's identity, as the
+        digest of an in-memory part's arrays is."""
+        import hashlib
+
+        h = hashlib.sha256("\n".join(self.files).encode())
+        h.update(repr((self.size, self.mean.tolist(), self.std.tolist())).encode())
+        return h.hexdigest()
+
 
 def in_memory_limit() -> int:
     """The decoded bytes a folder may have to be held in memory: $BLOCKSWEEP_IN_MEMORY_LIMIT
@@ -313,13 +364,7 @@ def _load_part(listing: Listing, size: Optional[tuple[int, int]], on_bad_image: 
                   "on_bad_image": on_bad_image, "decoder": DECODER_VERSION})
     path = _cache_root() / f"{key}.npz"
     limit = in_memory_limit()
-    stream = _cache_root() / f"{key}.stream.npz"
-    if stream.exists() and not (path.exists() and path.stat().st_size <= limit):
-        with np.load(stream, allow_pickle=False) as z:
-            size = tuple(int(v) for v in z["size"])
-            if len(listing.files) * size[0] * size[1] * 3 > limit:
-                _check_bad({s: "skipped before" for s in z["skipped"]}, listing.root, what, on_bad_image)
-                return (size, z["sums"], z["squares"]), z["y"], [str(f) for f in z["files"]], key, 0.0, True
+    stream = _cache_root() / f"{key}.stream.npz"  # a streamed folder's record (_scan_part)
     with locked(path):  # parallel workers wait for the first one's decoding
         # (An uncompressed cache file is its pixels' bytes and a little more: over the
         # limit, it was decoded under a higher one, and the folder streams now.)
@@ -329,6 +374,12 @@ def _load_part(listing: Listing, size: Optional[tuple[int, int]], on_bad_image: 
                 if skipped:  # the warning, every time the data is used
                     _check_bad({s: "skipped before" for s in skipped}, listing.root, what, on_bad_image)
                 return z["x"], z["y"], [str(f) for f in z["files"]], key, 0.0, True
+        if stream.exists():
+            with np.load(stream, allow_pickle=False) as z:
+                size = tuple(int(v) for v in z["size"])
+                if len(listing.files) * size[0] * size[1] * 3 > limit:  # else: it fits now, decode it
+                    _check_bad({str(s): "skipped before" for s in z["skipped"]}, listing.root, what, on_bad_image)
+                    return (size, z["sums"], z["squares"]), z["y"], [str(f) for f in z["files"]], key, 0.0, True
         start = time.perf_counter()
         bad: dict[str, str] = {}
         if size is None:

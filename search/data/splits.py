@@ -6,7 +6,6 @@ statistics. Selection uses validation only; the test split is for reporting.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -15,7 +14,8 @@ from search.errors import UsageError
 
 @dataclass(frozen=True)
 class Splits:
-    """Model-ready arrays: float32 NHWC images (normalised when asked) and labels
+    """Model-ready arrays: float32 NHWC images (normalised when asked; for a folder too large
+    for memory, `StreamedImages` of folders.py, decoded when indexed) and labels
     (int for sparse, float one-hot otherwise). `mean`/`std` are the per-channel constants
     in pixel units (0..255) that a user needs to feed new images to an exported model."""
 
@@ -42,7 +42,7 @@ class Splits:
     @property
     def streamed(self) -> bool:
         """Images decoded batch by batch from their files (a folder too large for memory)."""
-        return isinstance(self.x_train, StreamedImages)
+        return not isinstance(self.x_train, np.ndarray)  # StreamedImages (folders.py)
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.x_train), "val": len(self.x_val), "test": len(self.x_test)}
@@ -60,56 +60,6 @@ def stratified_pick(labels: np.ndarray, size: int, rng: np.random.Generator) -> 
     out = np.concatenate(picked)
     rng.shuffle(out)
     return out
-
-
-@dataclass(frozen=True, eq=False)
-class StreamedImages:
-    """One part of a streamed split: image files that are decoded (in parallel) and
-    standardised only when indexed, `images[i:j]` or `images[indices]`, with the same
-    arithmetic as an in-memory split's. Stands where an array stands in `Splits` (len,
-    shape, slicing); search/training/streaming.py feeds it to Keras batch by batch."""
-
-    files: tuple[str, ...]
-    size: tuple[int, int]  # (height, width)
-    mean: np.ndarray  # (3,) float32, pixel units
-    std: np.ndarray
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.files), *self.size, 3)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index) -> np.ndarray:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from search.data.folders import BadImage, _workers, decode
-
-        chosen = self.files[index] if isinstance(index, slice) else [self.files[i] for i in np.asarray(index)]
-
-        def one(path):
-            try:
-                return decode(Path(path), self.size)[0]
-            except BadImage as err:  # changed since the checking pass
-                raise UsageError(f"{path}: {err}") from None
-
-        out = np.empty((len(chosen), *self.size, 3), dtype=np.float32)
-        with ThreadPoolExecutor(min(_workers(), max(1, len(chosen)))) as pool:
-            for i, pixels in enumerate(pool.map(one, chosen)):
-                out[i] = pixels
-        out -= self.mean
-        out /= self.std
-        return out
-
-    def digest(self) -> str:
-        """SHA-256 of the file list, size and constants: the part's identity, as the
-        digest of an in-memory part's arrays is."""
-        import hashlib
-
-        h = hashlib.sha256("\n".join(self.files).encode())
-        h.update(repr((self.size, self.mean.tolist(), self.std.tolist())).encode())
-        return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -209,8 +159,7 @@ def _prepare_streamed(dataset, config, chosen: Selection, labels) -> Splits:
         mean, std = np.zeros(3), np.ones(3)
 
     def images(files, rows):
-        return StreamedImages(files=tuple(files[i] for i in rows), size=tuple(dataset.image_size),
-                              mean=mean.astype(np.float32), std=std.astype(np.float32))
+        return dataset.part(tuple(files[i] for i in rows), mean, std)
 
     return Splits(
         x_train=images(dataset.train_files, chosen.train), y_train=labels(chosen.y_train),
