@@ -155,7 +155,8 @@ def dataset_inputs(splits) -> list[DatasetInput]:
     of the SHA-256 of that part's images and labels as the model saw them (after the class
     filter, subsets and normalisation). Hashing the full training split takes about a
     second, so the inputs are kept per Splits object: a sweep hands the same one to every
-    trial. `splits` is a `search.data.Splits` (x_train, y_train, ..., source)."""
+    trial. `splits` is a `search.data.Splits` (x_train, y_train, ..., source). A streamed
+    folder's parts (too large for memory) are digested from their file lists instead."""
     import mlflow.data
 
     entry = _INPUTS.get(id(splits))
