@@ -453,10 +453,14 @@ def _scan_part(listing: Listing, size: tuple[int, int], on_bad_image: str, what:
              skipped=np.asarray(sorted(bad), dtype=str))
     replace_atomically(tmp, path)
     print(f"blocksweep: note: {listing.root}: {len(listing.files)} images at {size[0]}x{size[1]} are "
-          f"{len(listing.files) * size[0] * size[1] * 3 / 2**20:,.1f} MiB decoded, over the "
-          f"{in_memory_limit() / 2**20:,.1f} MiB held in memory: they stream from their files (checked in "
-          f"{seconds:.2f} s on {_workers()} threads)", file=sys.stderr)
+          f"{_amount(len(listing.files) * size[0] * size[1] * 3)} decoded, over the {_amount(in_memory_limit())} "
+          f"held in memory: they stream from their files (checked in {seconds:.2f} s on {_workers()} threads)",
+          file=sys.stderr)
     return (size, sums, squares), y, kept, key, seconds, False
+
+
+def _amount(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
 
 
 def _test_split(key: str, files: list[str], y: np.ndarray, fraction: float) -> np.ndarray:
