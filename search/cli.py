@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", parents=[_common(data=False, training=False)],
                        help="classify PNG/JPEG images with an exported model")
     p.add_argument("--model", required=True, metavar="DIR", help="a folder written by `blocksweep export`")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files, RGB (resized to the model's size)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP or GIF files, RGB (resized to the model's size)")
     p.add_argument("--backend", choices=BACKENDS, default=None)
     p.set_defaults(func=cmd_predict)
 

@@ -15,9 +15,37 @@ from search.errors import TrialFailed, UsageError
 
 
 def _load_data(data_dir, data_config):
-    from search.data import load_cifar10, prepare
+    from search.data import load_dataset, prepare
 
-    return prepare(load_cifar10(data_dir), data_config)
+    return prepare(load_dataset(data_config, data_dir), data_config)
+
+
+def _check_fits_images(model, input_shape) -> None:
+    """Each VGG block halves the image: too many blocks for small images (a folder's
+    data.image_size) would leave nothing to pool."""
+    side = min(input_shape[:2])
+    if model.family == "vgg" and side >> model.blocks < 1:
+        raise UsageError(f"model.blocks {model.blocks}: each block halves the images, and at "
+                         f"{input_shape[0]}x{input_shape[1]} (data.image_size) at most {side.bit_length() - 1} fit")
+
+
+def _check_streamable(config, splits) -> None:
+    """A folder too large for memory streams, which the airbench recipe and the transfer
+    schemes cannot take (a sweep whose trials switch to them: those trials fail, saying why)."""
+    if splits.streamed:
+        from search.training import check_streamable
+
+        check_streamable(config, splits)
+
+
+def _check_data_not_searched(spec) -> None:
+    """A sweep loads its images once: the settings that choose them are not searchable."""
+    from search.data import DATASET_SETTINGS
+
+    for name in spec.space.params:
+        if name.split(".")[:2] in (["data", s] for s in DATASET_SETTINGS):
+            raise UsageError(f"{spec.path}: params: {name} cannot be searched (a sweep loads its images once; "
+                             "run one sweep per data source)")
 
 
 def _check_model(config, tracking_uri: Optional[str]) -> None:
@@ -80,6 +108,8 @@ def train(space, *, overrides=None, data_dir: Optional[str] = None,
     chosen = backend.select(backend_name)
     _check_model(config, tracking_uri)
     splits = _load_data(data_dir, config.data)
+    _check_fits_images(config.model, splits.input_shape)
+    _check_streamable(config, splits)
 
     from search.progress import EpochBar
     from search.tracking.tracker import Tracker
@@ -161,6 +191,7 @@ def sweep(space, *, engine: Optional[str] = None, trials: Optional[int] = None,
     _check_drivers(options.storage, tracking_uri)
     if not spec.space.params:
         raise UsageError(f"{spec.path}: params: the space has no parameters to search (use `blocksweep train`)")
+    _check_data_not_searched(spec)
     chosen = backend.select(backend_name)
     _check_model(spec.base_config(), tracking_uri)
 
@@ -172,12 +203,13 @@ def sweep(space, *, engine: Optional[str] = None, trials: Optional[int] = None,
     tracker = Tracker(tracking_uri)
     environment = _environment(spec, chosen)
     options = replace(options, system_metrics=_system_metrics(system_metrics, environment))
-    from search.data import load_cifar10
+    from search.data import load_dataset
 
     # The data is checked before the study or the parent run is created.
-    s = Sweep(spec=spec, dataset=load_cifar10(data_dir), tracker=tracker, options=options,
-              tags=environment)
-    s.splits_for(spec.base_config().data)
+    s = Sweep(spec=spec, dataset=load_dataset(spec.base_config().data, data_dir), tracker=tracker,
+              options=options, tags=environment)
+    _check_fits_images(spec.base_config().model, s.splits_for(spec.base_config().data).input_shape)
+    _check_streamable(spec.base_config(), s.splits_for(spec.base_config().data))
     eng.check(s)
     s.open(storage_kind=_storage_kind(options))
     total = options.trials if options.trials is not None else options.study_trials

@@ -1,8 +1,9 @@
 """The model a sweep keeps, through MLflow's own doors: `mlflow models serve` on a loopback
 port, `mlflow.pyfunc.load_model`, `mlflow.register_model(runs:/...)`. Raw test pixels in,
-the recorded test accuracy out, the same answers as `blocksweep predict`, 4xx with a
-message for bad requests; and no Blocksweep code in the serving process (a tripwire
-`search` package on its path fails any import of it)."""
+the recorded test accuracy out, the same answers as `blocksweep predict` (images of another
+size resized as predict resizes them), 4xx with a message for bad requests; and no
+Blocksweep code in the serving process (a tripwire `search` package on its path fails any
+import of it)."""
 
 from __future__ import annotations
 
@@ -111,31 +112,53 @@ def post(url: str, body, content_type: str = "application/json") -> tuple[int, d
             return err.code, text
 
 
-def test_http_answers_equal_blocksweep_predicts_on_the_same_images(cli, capsys, tiny_sweep, champion, server,
-                                                                   tmp_path):
-    """MLflow's documented request formats, `inputs` (a tensor) and `dataframe_split` (one
-    column of flattened images), against `blocksweep predict` on the same pixels as PNGs."""
+def predicted(cli, capsys, model_dir, images, where: Path) -> list[dict]:
+    """`blocksweep predict --json` on `images` (uint8 pixels) written as PNGs into `where`."""
     from PIL import Image
 
-    x, _, names = split_of(tiny_sweep, champion["run_id"])
-    images = x[:8]
     files = []
     for i, pixels in enumerate(images):
-        files.append(tmp_path / f"{i}.png")
-        Image.fromarray(pixels.astype(np.uint8)).save(files[-1])
-    assert cli("predict", "--model", champion["out"], *files, "--json") == 0
-    expected = json.loads(capsys.readouterr().out)
-    by_tensor = post(server, {"inputs": images.tolist()})
-    by_frame = post(server, {"dataframe_split": {"columns": ["image"],
-                                                 "data": [[image.reshape(-1).tolist()] for image in images]}})
-    for status, answer in (by_tensor, by_frame):
+        files.append(where / f"{i}.png")
+        Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(files[-1])
+    capsys.readouterr()
+    assert cli("predict", "--model", model_dir, *files, "--json") == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def assert_same_answers(rows, expected, names):
+    assert len(rows) == len(expected)
+    for row, want in zip(rows, expected):
+        assert row["label"] == want["label"]
+        assert row["probability"] == pytest.approx(want["probability"], abs=1e-6)
+        assert [row[n] for n in names] == pytest.approx([want["probabilities"][n] for n in names], abs=1e-6)
+
+
+def test_http_answers_equal_blocksweep_predicts_on_the_same_images(cli, capsys, tiny_sweep, champion, server,
+                                                                   tmp_path):
+    """MLflow's documented tensor request format, `inputs`, against `blocksweep predict` on
+    the same pixels as PNGs; at the model's size and at two others (resized in the server
+    as predict resizes a file). `dataframe_split`'s flattened images need a fixed height
+    and width, which a model taking any size has not: MLflow refuses them with a 400."""
+    x, _, names = split_of(tiny_sweep, champion["run_id"])
+    images = x[:8]
+    expected = predicted(cli, capsys, champion["out"], images, tmp_path)
+    status, answer = post(server, {"inputs": images.tolist()})
+    assert status == 200, answer
+    assert_same_answers(answer["predictions"], expected, names)
+
+    from PIL import Image
+
+    for size in ((45, 50), (20, 24)):  # (width, height): larger and smaller than 32x32
+        other = np.stack([np.asarray(Image.fromarray(p.astype(np.uint8)).resize(size, Image.Resampling.BICUBIC))
+                          for p in images[:3]])
+        expected = predicted(cli, capsys, champion["out"], other, tmp_path)
+        status, answer = post(server, {"inputs": other.tolist()})
         assert status == 200, answer
-        rows = answer["predictions"]
-        assert len(rows) == len(expected)
-        for row, want in zip(rows, expected):
-            assert row["label"] == want["label"]
-            assert row["probability"] == pytest.approx(want["probability"], abs=1e-6)
-            assert [row[n] for n in names] == pytest.approx([want["probabilities"][n] for n in names], abs=1e-6)
+        assert_same_answers(answer["predictions"], expected, names)
+
+    status, answer = post(server, {"dataframe_split": {"columns": ["image"],
+                                                       "data": [[image.reshape(-1).tolist()] for image in images]}})
+    assert status == 400 and "other dimensions must be fixed" in answer["message"]
 
 
 def test_the_recorded_test_accuracy_comes_back_through_pyfunc_and_http(tiny_sweep, champion, server):
@@ -157,15 +180,15 @@ def test_the_recorded_test_accuracy_comes_back_through_pyfunc_and_http(tiny_swee
 
 
 @pytest.mark.parametrize("body,status,words", [
-    ({"inputs": np.zeros((1, 32, 32, 4)).tolist()}, 400, ["does not match expected shape (-1, 32, 32, 3)"]),  # RGBA
-    ({"inputs": np.zeros((1, 32, 32)).tolist()}, 400, ["does not match expected shape"]),  # grayscale
-    ({"inputs": np.zeros((1, 64, 64, 3)).tolist()}, 400, ["does not match expected shape"]),  # another size
+    ({"inputs": np.zeros((1, 32, 32, 4)).tolist()}, 400, ["does not match expected shape (-1, -1, -1, 3)"]),  # RGBA
+    ({"inputs": np.zeros((1, 64, 48, 1)).tolist()}, 400, ["does not match expected shape (-1, -1, -1, 3)"]),  # gray
+    ({"inputs": np.zeros((1, 32, 32)).tolist()}, 400, ["does not match expected shape"]),  # grayscale, no channel
     ({"inputs": np.full((1, 32, 32, 3), -1.5).tolist()}, 400, ["outside 0..255", "already standardised?"]),
     ({"inputs": np.full((1, 32, 32, 3), 0.5).tolist()}, 400, ["within 0..1", "send 0..255"]),
     ({"inputs": [[["red"] * 3] * 32] * 32}, 400, []),  # not numbers
     (b"\x89PNG\r\n\x1a\n not json", 400, ["valid JSON"]),  # an image file posted as it is
     ({"images": []}, 400, ["inputs", "dataframe_split"]),  # not MLflow's request format
-], ids=["rgba", "grayscale", "size", "standardised", "scaled-0-1", "strings", "png-bytes", "format"])
+], ids=["rgba", "one-channel", "grayscale", "standardised", "scaled-0-1", "strings", "png-bytes", "format"])
 def test_bad_requests_get_a_4xx_with_a_message_and_the_server_carries_on(server, body, status, words):
     code, answer = post(server, body)
     assert code == status, answer
@@ -248,3 +271,47 @@ def test_a_tta_trial_answers_with_its_recorded_tta_accuracy_through_every_door(c
     line = capsys.readouterr().out.splitlines()[0]
     assert line.startswith(f"{run_id}: test_tta_accuracy {metrics['test_tta_accuracy']:.4f} on 100 images "
                            "(with test-time augmentation (level 2)")
+
+
+def test_a_folder_trained_model_takes_an_image_of_another_size_through_pyfunc_as_predict_does(
+        cli, capsys, workdir, write_space, tracking_uri, tmp_path):
+    """A model trained on a folder of 24x20 PNGs, loaded with `mlflow.pyfunc` alone, takes
+    images of other sizes (the signature says (-1, -1, -1, 3); Pillow is a requirement) and
+    answers as `blocksweep predict` answers on the same pixels as PNG files; a wrong channel
+    count is still refused by MLflow's schema check."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from search.artifacts.export import export
+    from search.data import write_image_folder
+    from tests.conftest import synthetic_cifar
+
+    x, y, _, _ = synthetic_cifar(200, 10)
+    keep = y < 2  # about 40 images
+    folder = write_image_folder(workdir / "shapes", x[keep], y[keep], ("circle", "square") + ("",) * 8,
+                                size=(24, 20))
+    space = write_space(f"""\
+        name: shapes
+        model: {{family: vgg, blocks: 1, filters: 4, dense_units: 8}}
+        data: {{source: {{folder: {folder}}}, val_size: 10, test_fraction: 0.2, augment: {{flip: false, translate: 0}}}}
+        train: {{epochs: 1, batch_size: 8}}
+        """)
+    assert cli("train", space, "--quiet", "--json") == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    out = export(run_id=run_id, out=tmp_path / "export", tracking_uri=tracking_uri)["out"]
+
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    assert model.metadata.get_input_schema().inputs[0].shape == (-1, -1, -1, 3)
+    requirements = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model/requirements.txt",
+                                                            dst_path=str(tmp_path / "req"))).read_text()
+    assert "pillow==" in requirements.lower()
+
+    pixels = np.random.default_rng(3).integers(0, 256, size=(3, 37, 29, 3)).astype(np.uint8)  # not 24x20
+    expected = predicted(cli, capsys, out, pixels, tmp_path)
+    answer = model.predict(pixels.astype(np.float32))
+    rows = answer.to_dict(orient="records")
+    assert_same_answers(rows, expected, ["circle", "square"])
+    assert {r["label"] for r in rows} <= {"circle", "square"}
+    with pytest.raises(MlflowException, match="shape"):
+        model.predict(np.zeros((1, 37, 29, 4), np.float32))

@@ -99,12 +99,12 @@ def _train(tracker, comparison, todo, data_dir, backend_name, quiet) -> dict[tup
 
     from search.backend import device_kind
     from search.config import Augment
-    from search.data import load_cifar10, prepare
+    from search.data import load_dataset, prepare
     from search.progress import EpochBar
     from search.tracking.tracker import environment_tags
     from search.trials.tracked import train_tracked
 
-    dataset = load_cifar10(data_dir)
+    datasets: dict = {}  # by the settings that choose the images (studies may differ in source)
     splits_cache: dict = {}
     parents = {s.study: s for s in comparison.studies}
     values = {}
@@ -114,7 +114,12 @@ def _train(tracker, comparison, todo, data_dir, backend_name, quiet) -> dict[tup
         key = replace(config.data, augment=Augment())  # augmentation runs in the model
         if key not in splits_cache:
             splits_cache.clear()  # one split at a time: memory stays one dataset's worth
-            splits_cache[key] = prepare(dataset, config.data)
+            which = (config.data.source, config.data.label_mode, config.data.image_size, config.data.test,
+                     config.data.test_fraction, config.data.on_bad_image)
+            if which not in datasets:
+                datasets.clear()
+                datasets[which] = load_dataset(config.data, data_dir)
+            splits_cache[key] = prepare(datasets[which], config.data)
         tags = {**environment_tags(config.model.family, chosen, device_kind()), "blocksweep.role": "repeat",
                 "blocksweep.study": row.study, "blocksweep.engine": row.engine,
                 "blocksweep.repeat_of": row.trial, "blocksweep.repeat_of_run": row.run_id,

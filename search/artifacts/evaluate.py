@@ -74,11 +74,14 @@ def evaluate(model: str, *, data_dir: Optional[str] = None, out: Optional[str] =
             tracker = Tracker(tracking_uri, create=False)
             fetch_run_files(model, [], tmp, tracker.uri, what="--model")  # the run exists, before the data loads
         chosen = backend.select(backend_name)
-        from search.data import load_cifar10
+        import functools
 
-        dataset = load_cifar10(data_dir)
-        source = locate(model, Path(tmp), dataset, tracker)
-        x, y, names = test_split(source, dataset)
+        from search.data import load_cifar10, load_dataset
+
+        # CIFAR-10 for a model that records no data config; else the data its run trained on.
+        cifar10 = functools.cache(lambda: load_cifar10(data_dir))
+        source = locate(model, Path(tmp), cifar10, tracker)
+        x, y, names = test_split(source, cifar10, lambda data: load_dataset(data, data_dir))
         classes = source.kept.model.output_shape[-1]
         if classes != len(names):
             raise UsageError(f"--model {model}: the model predicts {classes} classes, the test "
@@ -107,7 +110,7 @@ def evaluate(model: str, *, data_dir: Optional[str] = None, out: Optional[str] =
 # --------------------------------------------------------------------------- the model
 
 
-def locate(model: str, tmp: Path, dataset, tracker=None) -> Source:
+def locate(model: str, tmp: Path, cifar10, tracker=None) -> Source:
     """The model and what was recorded beside it; UsageError if there is none."""
     from search.artifacts import kept
 
@@ -117,14 +120,14 @@ def locate(model: str, tmp: Path, dataset, tracker=None) -> Source:
         if not (path / MODEL_FILE).is_file():
             raise UsageError(f"{flag}: the folder holds no {MODEL_FILE}")
         if not ((path / INFO_FILE).is_file() or (path / PREPROCESSING_FILE).is_file()):
-            return replace(_bare_file(path / MODEL_FILE, dataset, flag), kind="export", name=path.resolve().name)
+            return replace(_bare_file(path / MODEL_FILE, cifar10, flag), kind="export", name=path.resolve().name)
         found = kept.read_folder(path, flag)
         config = kept.read_config(path / CONFIG_FILE, flag) or {}
         return Source("export", path.resolve().name, found, config.get("data"), recorded=found.info.get("accuracy"))
     if path.is_file():
         if path.suffix != ".keras":
             raise UsageError(f"{flag}: expected a .keras model file, an export folder or an MLflow run id")
-        return _bare_file(path, dataset, flag)
+        return _bare_file(path, cifar10, flag)
     from search.tracking.tracker import fetch_run_files
 
     found = fetch_run_files(model, [CONFIG_FILE], tmp, tracker.uri, what="--model")  # also: the run exists
@@ -135,7 +138,7 @@ def locate(model: str, tmp: Path, dataset, tracker=None) -> Source:
                   recorded=run.metrics.get(read.info["metric"]))
 
 
-def _bare_file(path: Path, dataset, flag: str) -> Source:
+def _bare_file(path: Path, cifar10, flag: str) -> Source:
     """A .keras file with nothing beside it: a model of raw pixels as it is; a bare network
     (kept before) wrapped with the default data config's constants, recomputed."""
     import numpy as np
@@ -148,14 +151,14 @@ def _bare_file(path: Path, dataset, flag: str) -> Source:
 
     model = open_model(path, flag, compile=False)
     level = tta_level(model)
-    info = {"label_names": list(dataset.label_names), "input_shape": list(model.input_shape[1:]),
+    info = {"label_names": list(cifar10().label_names), "input_shape": list(model.input_shape[1:]),
             "metric": "test_tta_accuracy" if level else "test_accuracy", "tta_level": level, "accuracy": None}
     if takes_raw_pixels(model):
         return Source("file", path.stem, Kept(model, info, path))
     if any(layer.name == BASE for layer in model.layers):  # a ResNet classifier preprocesses inside
         mean, std = np.zeros(3), np.ones(3)
     else:
-        fitted = prepare(dataset, DataConfig())
+        fitted = prepare(cifar10(), DataConfig())
         mean, std = np.asarray(fitted.mean), np.asarray(fitted.std)
     return Source("file", path.stem, Kept(wrap(model, mean, std), info))
 
@@ -163,9 +166,11 @@ def _bare_file(path: Path, dataset, flag: str) -> Source:
 # --------------------------------------------------------------------------- the test split
 
 
-def test_split(source: Source, dataset):
+def test_split(source: Source, cifar10, load):
     """(raw 0..255 pixels, integer labels, class names) of the test split the model's
-    training used (see the module docstring)."""
+    training used (see the module docstring): `load(data_config)` reads the data a recorded
+    data config names (CIFAR-10, CIFAR-100 or a folder); `cifar10()` is CIFAR-10 for a model
+    that records none."""
     import numpy as np
     from pydantic import TypeAdapter, ValidationError
 
@@ -178,7 +183,9 @@ def test_split(source: Source, dataset):
         except ValidationError as err:
             raise UsageError(f"--model {source.name}: its {CONFIG_FILE} has an unreadable data section "
                              f"({err.errors()[0]['msg']})") from None
+        dataset = load(data)
     else:
+        dataset = cifar10()
         names = list(dataset.label_names)
         wanted = source.kept.info["label_names"]
         unknown = [n for n in wanted if n not in names]
@@ -198,7 +205,12 @@ def score(net, x, y, classes: int) -> dict:
     """Accuracy, per-class accuracy (recall) and the confusion matrix (rows: true class)."""
     import numpy as np
 
-    predicted = np.argmax(net.predict(x, batch_size=512, verbose=0), axis=-1)
+    if isinstance(x, np.ndarray):
+        predicted = np.argmax(net.predict(x, batch_size=512, verbose=0), axis=-1)
+    else:  # a folder too large for memory: its test files decoded batch by batch
+        from search.training.streaming import Batches
+
+        predicted = np.argmax(net.predict(Batches(x, None, 512), verbose=0), axis=-1)
     confusion = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(confusion, (y, predicted), 1)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)

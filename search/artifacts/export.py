@@ -8,7 +8,8 @@ model would not be the one whose numbers the sweep reported).
 
 The export folder:
 
-    model.keras          the model: raw RGB pixels 0..255 in (uint8 or float, n x 32 x 32 x 3),
+    model.keras          the model: raw RGB pixels 0..255 in (uint8 or float, n x height x width x 3:
+                         32 x 32 for CIFAR, a folder's data.image_size),
                          class probabilities out, standardisation and (where the sweep ranked
                          by it) test-time augmentation inside; the very file of the run's MLflow
                          model. Load with search.models.load_model(path): keras's load_model
@@ -16,7 +17,9 @@ The export folder:
     model.weights.h5     the trained network's weights alone (standardised images in), for
                          search.models.build_model(config.model, ...) built in code
     classifier.json      label_names, input_shape, and the test metric the model's answers
-                         reproduce (test_accuracy, or test_tta_accuracy with tta_level) with its value
+                         reproduce (test_accuracy, or test_tta_accuracy with tta_level) with its value;
+                         resize (how predict brings another size to input_shape, as the loader
+                         did), dataset, converts_to_rgb (a folder's model: non-RGB images converted)
     config.yaml          the resolved configuration the run trained
     preprocessing.json   the constants inside the model: x = (pixels - mean) / std per RGB channel
     labels.txt           the class names, one per line, in output order

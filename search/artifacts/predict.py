@@ -1,15 +1,18 @@
 """`blocksweep predict`: classify image files with an export folder (export.py).
 
-It turns each PNG/JPEG into RGB pixels, resizes it to the model's input size when needed
-(Pillow, Lanczos: antialiased down-sampling) and hands the raw pixels to model.keras
+It turns each PNG/JPEG/BMP/GIF into RGB pixels, resizes it to the model's input size when
+needed (Pillow, Lanczos: antialiased down-sampling; the same call that loaded a folder's
+training images, search/data/folders.py, so an image of any size is seen as they were) and hands the raw pixels to model.keras
 (loaded with safe_mode=True), which standardises them and, where the sweep ranked by it,
 applies test-time augmentation itself. An export written before models took raw pixels
 (no classifier.json) is wrapped on reading with its preprocessing.json (search/artifacts/kept.py).
 
 Image files are checked before the model loads; what cannot be read as a colour image is
-one line naming the file: a missing or non-image file, a format other than PNG and JPEG, a
+one line naming the file: a missing or non-image file, a format other than PNG, JPEG, BMP
+and GIF, a
 grayscale or RGBA image (the model takes RGB; converting for the user would hide that
-transparency or a missing colour was dropped), and an image so large that decoding it could
+transparency or a missing colour was dropped; a model trained on a folder, whose loader
+converted such images, converts them too: classifier.json's `converts_to_rgb`), and an image so large that decoding it could
 exhaust memory (Pillow's decompression-bomb limit, 89 million pixels, warned about and
 refused rather than decoded).
 """
@@ -23,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from search import backend
+from search.data.folders import FORMATS
 from search.errors import UsageError, first_line
 
 # Pillow's modes that are not one RGB colour per pixel, in words.
@@ -31,9 +35,11 @@ NOT_RGB = {"1": "black-and-white", "L": "grayscale", "I": "grayscale", "I;16": "
            "La": "grayscale with alpha", "CMYK": "CMYK", "YCbCr": "YCbCr", "LAB": "LAB", "HSV": "HSV"}
 
 
-def load_images(paths: list[str], size: tuple[int, int]) -> np.ndarray:
-    """PNG/JPEG files as an (n, height, width, 3) float32 array of 0..255 RGB pixels,
-    resized to `size` (height, width) where they differ. UsageError names a bad file."""
+def load_images(paths: list[str], size: tuple[int, int], convert: bool = False) -> np.ndarray:
+    """PNG/JPEG/BMP/GIF files as an (n, height, width, 3) float32 array of 0..255 RGB pixels,
+    resized to `size` (height, width) where they differ. UsageError names a bad file.
+    `convert`: grayscale, palette and RGBA images become RGB (alpha dropped) instead of being
+    refused, as a model trained on a folder saw its own such images (search/data/folders.py)."""
     from PIL import Image, UnidentifiedImageError
 
     images = []
@@ -43,10 +49,10 @@ def load_images(paths: list[str], size: tuple[int, int]) -> np.ndarray:
                 # Between Pillow's limit and twice it, Pillow only warns and decodes anyway.
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(path) as img:
-                    if img.format not in ("PNG", "JPEG"):
-                        raise UsageError(f"{path}: a {img.format} image; predict reads PNG and JPEG files")
+                    if img.format not in FORMATS:
+                        raise UsageError(f"{path}: a {img.format} image; predict reads PNG, JPEG, BMP and GIF files")
                     mode = _colour_mode(img)
-                    if mode in NOT_RGB:
+                    if mode in NOT_RGB and not convert:
                         raise UsageError(f"{path}: {NOT_RGB[mode]} image (mode {mode}); the model takes RGB "
                                          "images: convert it to RGB first")
                     rgb = img.convert("RGB")
@@ -58,7 +64,7 @@ def load_images(paths: list[str], size: tuple[int, int]) -> np.ndarray:
             # Pillow's message gives both sizes: "Image size (N pixels) exceeds limit of M pixels, ..."
             raise UsageError(f"{path}: refused, too large to decode safely ({first_line(err, 120)})") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise UsageError(f"{path}: not a readable PNG or JPEG image ({err.__class__.__name__})") from None
+            raise UsageError(f"{path}: not a readable PNG, JPEG, BMP or GIF image ({err.__class__.__name__})") from None
         if rgb.size != (size[1], size[0]):
             rgb = rgb.resize((size[1], size[0]), Image.Resampling.LANCZOS)
         images.append(np.asarray(rgb, dtype=np.float32))
@@ -73,7 +79,7 @@ def _colour_mode(img) -> str:
 
 
 def predict(model_dir: str | Path, images: list[str], backend_name: Optional[str] = None) -> list[dict]:
-    """`blocksweep predict`: classify PNG/JPEG files with an export folder.
+    """`blocksweep predict`: classify PNG/JPEG/BMP/GIF files with an export folder.
 
     Args:
         model_dir: a folder written by `export` (model.keras, classifier.json; or, written
@@ -91,7 +97,8 @@ def predict(model_dir: str | Path, images: list[str], backend_name: Optional[str
     folder, flag = _export_folder(model_dir)
     info = folder_info(folder, flag)
     height, width = info["input_shape"][:2]
-    pixels = load_images(images, (height, width))  # every file checked before the model loads
+    # every file checked before the model loads
+    pixels = load_images(images, (height, width), convert=info.get("converts_to_rgb", False))
     backend.select(backend_name)
     kept = open_folder(folder, info, flag)
     probabilities = np.asarray(kept.model.predict(pixels, verbose=0), dtype=float)

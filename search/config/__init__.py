@@ -10,11 +10,13 @@ Every default lives in a record here. Nothing in this package imports Keras, the
 zoo or a search engine: reading a space file is instant and has no side effects.
 """
 
-from search.config.records import (METRICS, AirbenchRecipe, Augment, DataConfig, EarlyStopping, Objective,
+from search.config.records import (MAX_IMAGE_SIDE, METRICS, AirbenchRecipe, Augment, DataConfig, EarlyStopping,
+                                   FolderSource, Objective,
                                    RunConfig, Schedule, SearchDefaults, SpaceFile, TrainConfig)
 from search.config.spec import (Spec, check_sweep, config_dict, flatten, load_spec, parse_overrides, parse_yaml,
                                 resolve, run_config_from_dict, set_path)
 
-__all__ = ["METRICS", "AirbenchRecipe", "Augment", "DataConfig", "EarlyStopping", "Objective", "RunConfig",
+__all__ = ["MAX_IMAGE_SIDE", "METRICS", "AirbenchRecipe", "Augment", "DataConfig", "EarlyStopping", "FolderSource",
+           "Objective", "RunConfig",
            "Schedule", "SearchDefaults", "SpaceFile", "Spec", "TrainConfig", "check_sweep", "config_dict", "flatten",
            "load_spec", "parse_overrides", "parse_yaml", "resolve", "run_config_from_dict", "set_path"]

@@ -30,8 +30,38 @@ class Augment:
     translate: int = Field(2, ge=0, le=8)  # random shift of up to this many pixels (reflect padding)
 
 
+# The largest side `data.image_size` may have, in pixels: a folder of photos resized larger
+# than this is almost always a mistake (a 512x512 RGB image is 0.75 MB decoded, 3 MB as the
+# float32 a trial trains on).
+MAX_IMAGE_SIDE = 512
+
+
+@record
+class FolderSource:
+    """A folder of labelled images in `keras.utils.image_dataset_from_directory`'s layout:
+    one sub-folder per class (class names: the sub-folders' names, sorted), PNG, JPEG, BMP
+    or GIF files inside. A relative path is relative to the working directory."""
+
+    folder: str = Field(min_length=1)
+
+
 @record
 class DataConfig:
+    # Where the images come from: cifar10 (the default), cifar100 (Keras's python layout,
+    # `label_mode` fine or coarse) or {folder: PATH} (search/data/folders.py).
+    source: Union[Literal["cifar10", "cifar100"], FolderSource] = "cifar10"
+    label_mode: Literal["fine", "coarse"] = "fine"  # cifar100: 100 fine or 20 coarse classes
+    # Folder only. [height, width] every image is resized to on load (Pillow's Lanczos, as
+    # `predict` does); None: the most common size in the folder. At most MAX_IMAGE_SIDE.
+    image_size: Optional[tuple[int, int]] = None
+    # Folder only. A folder of test images in the same layout (the same class folders);
+    # None: a stratified `test_fraction` of the folder, picked once and recorded beside
+    # the decoded cache (mlruns/images/), so a rerun or a second worker tests on the same.
+    test: Optional[str] = None
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    # Folder only. error: a corrupt, truncated or non-image file stops the run (one line
+    # naming it); skip: such files are left out, with a warning that counts and names them.
+    on_bad_image: Literal["error", "skip"] = "error"
     # Stratified subset of the training split for quick runs (None: all of it).
     train_size: Optional[int] = Field(None, ge=10)
     # Held out from the 50,000 training images, stratified and seeded; selection uses it.
@@ -60,9 +90,30 @@ class DataConfig:
         if self.classes is not None:
             if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
                 raise ValueError("classes needs at least two distinct class indices")
-            if not all(0 <= c <= 9 for c in self.classes):
+            # Other sources' class counts are known once the data is read (search/data).
+            if self.source == "cifar10" and not all(0 <= c <= 9 for c in self.classes):
                 raise ValueError("classes are CIFAR-10 class indices 0..9")
+            if min(self.classes) < 0:
+                raise ValueError("classes are class indices, 0 or more")
         return self
+
+    @model_validator(mode="after")
+    def _source_settings(self):
+        folder = isinstance(self.source, FolderSource)
+        for name in ("image_size", "test"):
+            if getattr(self, name) is not None and not folder:
+                raise ValueError(f"data.{name} applies to data.source: {{folder: PATH}} only")
+        for name in ("test_fraction", "on_bad_image"):
+            if getattr(self, name) != _DEFAULT_FOLDER_SETTINGS[name] and not folder:
+                raise ValueError(f"data.{name} applies to data.source: {{folder: PATH}} only")
+        if self.label_mode != "fine" and self.source != "cifar100":
+            raise ValueError("data.label_mode applies to data.source: cifar100 only")
+        if self.image_size is not None and not all(1 <= side <= MAX_IMAGE_SIDE for side in self.image_size):
+            raise ValueError(f"data.image_size {list(self.image_size)}: each side is 1..{MAX_IMAGE_SIDE} pixels")
+        return self
+
+
+_DEFAULT_FOLDER_SETTINGS = {"test_fraction": 0.2, "on_bad_image": "error"}
 
 
 # --------------------------------------------------------------------------- training

@@ -42,6 +42,7 @@ class Cifar10:
     y_test: np.ndarray
     label_names: tuple[str, ...]
     source: str
+    name: str = "CIFAR-10"  # the MLflow dataset's name
 
 
 def _key(batch: dict, name: str):

@@ -7,6 +7,7 @@ Blocksweep records on this machine when no server is named.
     mlruns/kerastuner/      Keras Tuner projects, one folder per study (search/engines/kerastuner_engine.py)
     mlruns/xla_cache/       XLA's compiled programs for the fused JAX trainer (search/training/airbench/fused.py)
     mlruns/embeddings/      cached ResNet embeddings, one .npz per key (search/training/transfer.py)
+    mlruns/images/          folders of images decoded once, and their recorded test splits (search/data/folders.py)
     mlruns/pretrained/      source-task models pre-trained for transfer, one folder per key
                             (search/training/weights.py)
 
@@ -101,13 +102,19 @@ _SPLITS_DIGESTS: dict[int, tuple] = {}
 def splits_digest(splits) -> str:
     """The identity of a data split (every image and label of train, val and test),
     remembered per Splits object: a sweep hands the same object to every trial."""
+    import hashlib
     import weakref
 
     entry = _SPLITS_DIGESTS.get(id(splits))
     if entry is not None and entry[0]() is splits:
         return entry[1]
-    digest = digest_arrays([splits.x_train, splits.y_train, splits.x_val, splits.y_val,
-                            splits.x_test, splits.y_test])
+    if getattr(splits, "streamed", False):  # file lists (search/data/splits.py: StreamedImages)
+        parts = [splits.x_train.digest(), splits.x_val.digest(), splits.x_test.digest(),
+                 digest_arrays([splits.y_train, splits.y_val, splits.y_test])]
+        digest = hashlib.sha256("".join(parts).encode()).hexdigest()
+    else:
+        digest = digest_arrays([splits.x_train, splits.y_train, splits.x_val, splits.y_val,
+                                splits.x_test, splits.y_test])
     _SPLITS_DIGESTS.clear()  # one split at a time is what sweeps use; keep memory flat
     _SPLITS_DIGESTS[id(splits)] = (weakref.ref(splits), digest)
     return digest

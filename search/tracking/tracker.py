@@ -149,13 +149,14 @@ _INPUTS: dict[int, tuple] = {}  # id(splits) -> (weak reference, dataset inputs)
 
 
 def dataset_inputs(splits) -> list[DatasetInput]:
-    """A data split as MLflow dataset inputs, one per part: named CIFAR-10, its source the
-    folder the batches were read from, the context tag (`mlflow.data.context`) train,
+    """A data split as MLflow dataset inputs, one per part: named after the data (CIFAR-10,
+    or an image folder's name), its source the folder the images were read from, the context tag (`mlflow.data.context`) train,
     validation or test, and its digest the first 8 hex digits (as long as MLflow's own)
     of the SHA-256 of that part's images and labels as the model saw them (after the class
     filter, subsets and normalisation). Hashing the full training split takes about a
     second, so the inputs are kept per Splits object: a sweep hands the same one to every
-    trial. `splits` is a `search.data.Splits` (x_train, y_train, ..., source)."""
+    trial. `splits` is a `search.data.Splits` (x_train, y_train, ..., source). A streamed
+    folder's parts (too large for memory) are digested from their file lists instead."""
     import mlflow.data
 
     entry = _INPUTS.get(id(splits))
@@ -169,12 +170,29 @@ def dataset_inputs(splits) -> list[DatasetInput]:
             continue
         with warnings.catch_warnings():  # MLflow registers two local-file sources and says so
             warnings.simplefilter("ignore", UserWarning)
-            data = mlflow.data.from_numpy(features, source=source, targets=targets, name=DATASET_NAME,
-                                          digest=store.digest_arrays([features, targets])[:8])
+            if hasattr(features, "files"):  # streamed: the digest of the file list, not of arrays
+                data = _streamed_dataset(features, targets, source, getattr(splits, "name", DATASET_NAME))
+            else:
+                data = mlflow.data.from_numpy(features, source=source, targets=targets,
+                                              name=getattr(splits, "name", DATASET_NAME),
+                                              digest=store.digest_arrays([features, targets])[:8])
         inputs.append(DatasetInput(Dataset(**data.to_dict()), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
     _INPUTS.clear()  # one split at a time is what sweeps use; keep memory flat
     _INPUTS[id(splits)] = (weakref.ref(splits), inputs)
     return inputs
+
+
+def _streamed_dataset(images, labels, source: str, name: str):
+    """A streamed part (files decoded batch by batch) as an MLflow dataset: MLflow's
+    `MetaDataset` (name, source, digest, no arrays), its digest the SHA-256 of the file
+    list, image size and constants (`StreamedImages.digest`) and of the labels."""
+    import hashlib
+
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    digest = hashlib.sha256((images.digest() + store.digest_arrays([labels])).encode()).hexdigest()[:8]
+    return MetaDataset(source=LocalArtifactDatasetSource(source), name=name, digest=digest)
 
 
 def current_uri() -> str:
@@ -339,7 +357,8 @@ class RunLog:
                 Model.log(artifact_path=None, name=MODEL, flavor=mlflow.pyfunc, run_id=self.run_id,
                           model_id=logged.model_id, loader_module="blocksweep_pyfunc", data_path=str(data),
                           code_paths=[str(code / "blocksweep_pyfunc.py"), str(code / "blocksweep_layers.py")],
-                          signature=_signature(info), pip_requirements=requirements())
+                          signature=_signature(info),
+                          pip_requirements=requirements(pillow=bool(info.get("resize"))))
         return logged.model_id
 
     def finish(self, state: str, reason: str = "") -> None:
@@ -356,23 +375,25 @@ def _param_value(value: Any) -> str:
 
 
 def _signature(info: dict):
-    """Images (n, h, w, 3) of float32 pixels 0..255 -> label, probability, one column per class."""
+    """Images (n, h, w, 3) of float32 pixels 0..255 -> label, probability, one column per
+    class. A model that resizes (classifier.json's `resize`) takes any height and width."""
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    images = TensorSpec(np.dtype(np.float32), (-1, *info["input_shape"]))
+    shape = (-1, -1, info["input_shape"][-1]) if info.get("resize") else tuple(info["input_shape"])
+    images = TensorSpec(np.dtype(np.float32), (-1, *shape))
     answer = [ColSpec("string", "label"), ColSpec("double", "probability")]
     return ModelSignature(Schema([images]), Schema(answer + [ColSpec("double", n) for n in info["label_names"]]))
 
 
-def requirements() -> list[str]:
+def requirements(pillow: bool = False) -> list[str]:
     """What the model needs, pinned to what this process runs: MLflow, Keras and its backend,
-    numpy and pandas (the pyfunc's answer)."""
+    numpy and pandas (the pyfunc's answer), and Pillow where it resizes images."""
     import keras
 
-    backend = keras.backend.backend()
-    return [f"{name}=={_version(name)}" for name in ("mlflow", "keras", backend, "numpy", "pandas")]
+    names = ("mlflow", "keras", keras.backend.backend(), "numpy", "pandas") + (("pillow",) * pillow)
+    return [f"{name}=={_version(name)}" for name in names]
 
 
 # --------------------------------------------------------------------------- read back

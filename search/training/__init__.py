@@ -9,6 +9,7 @@
     airbench/      mode: Keller Jordan's airbench94 recipe (Keras fit, or fused JAX)
     transfer.py    mode: ResNet transfer learning (feature extractor, fine-tuning)
     weights.py     pre-trained weights for the ResNet base, found and checked
+    streaming.py   a streamed folder (too large for memory) as a Keras PyDataset
 
 Importing this package is light (no Keras): engines import `results` without a backend.
 `train_and_evaluate` below is the door: it loads the modes, each of which registers with
@@ -25,3 +26,12 @@ def train_and_evaluate(config, splits, *, report=None, on_epoch=None, progress=N
     from search.training.loop import train_and_evaluate as train
 
     return train(config, splits, report=report, on_epoch=on_epoch, progress=progress)
+
+
+def check_streamable(config, splits) -> None:
+    """UsageError when the mode that would train `config` cannot take streamed `splits` (a
+    folder too large for memory): before a run is created."""
+    from search.training import airbench, transfer  # noqa: F401 - each registers its mode with the loop
+    from search.training.loop import check_streamable as check
+
+    check(config, splits)

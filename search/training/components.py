@@ -36,7 +36,7 @@ def classifier(config, splits, net):
     return wrap(net, splits.mean, splits.std, served(config)[1])
 
 
-def augmentation(config, seed: int):
+def augmentation(config, seed: int, image_size: tuple[int, int] = (32, 32)):
     """Keras layers for the data config's augmentation; they run on the device inside the
     training step under every backend and are identity at inference."""
     from keras import layers
@@ -47,9 +47,10 @@ def augmentation(config, seed: int):
         out.append(layers.RandomFlip("horizontal", seed=seed, name="aug_flip"))
     if aug.translate:
         # Whole-pixel shifts: nearest interpolation keeps pixels crisp (no bilinear blur).
-        f = aug.translate / 32.0
-        out.append(layers.RandomTranslation(f, f, fill_mode="reflect", interpolation="nearest",
-                                            seed=seed + 1, name="aug_translate"))
+        # RandomTranslation takes fractions of the height and width.
+        height, width = image_size
+        out.append(layers.RandomTranslation(aug.translate / height, aug.translate / width, fill_mode="reflect",
+                                            interpolation="nearest", seed=seed + 1, name="aug_translate"))
     return out
 
 

@@ -152,8 +152,8 @@ def _train(config, splits, report, on_epoch, progress) -> TrialResult:
         # Phase 2 (scheme 2): the top stages unfrozen, on the images.
         if m.scheme == "finetune" and not (monitor.failure or monitor.pruned):
             resnet50.unfreeze_top_stages(base, m.trainable_stages)
-            trainer = keras.Sequential([keras.Input(splits.input_shape), *augmentation(config, config.train.seed), net],
-                                       name="trainer")
+            augment = augmentation(config, config.train.seed, splits.input_shape[:2])
+            trainer = keras.Sequential([keras.Input(splits.input_shape), *augment, net], name="trainer")
             monitor.since_best = 0  # early-stopping patience counts within each phase
             _fit(trainer, config, (splits.x_train, splits.y_train), (splits.x_val, splits.y_val), monitor,
                  first=head_epochs, last=total_epochs, learning_rate=m.finetune_learning_rate)

@@ -95,7 +95,7 @@ class Sweep:
     """Everything the engines share: the space, the data, the tracker and the parent run."""
 
     spec: Spec
-    dataset: Any  # data.Cifar10, as loaded; trials get splits by their own data config
+    dataset: Any  # data.Cifar10 or data.ImageFolder, as loaded; trials get splits by their own data config
     tracker: Any  # tracking.tracker.Tracker
     options: SweepOptions
     tags: dict = field(default_factory=dict)  # environment tags for every run

@@ -41,9 +41,15 @@ def classifier_info(config, splits, result: TrialResult) -> dict:
     from search.training.results import served
 
     metric, tta_level = served(config)
+    # `resize`: how an image of another size is brought to input_shape, the call the data
+    # loader made on the training images (search/data/folders.py) and `predict` makes.
     return {"label_names": list(splits.label_names), "input_shape": list(splits.input_shape),
-            "pixel_range": [0, 255], "metric": metric, "tta_level": tta_level,
-            "accuracy": result.test.get(metric)}
+            "pixel_range": [0, 255], "resize": "Pillow RGB, Image.Resampling.LANCZOS",
+            "dataset": getattr(splits, "name", "CIFAR-10"), "metric": metric, "tta_level": tta_level,
+            "accuracy": result.test.get(metric),
+            # A folder's grayscale, palette and RGBA images were converted to RGB on loading:
+            # `predict` converts a new one the same way rather than refusing it.
+            "converts_to_rgb": not isinstance(config.data.source, str)}
 
 
 def preprocessing(splits) -> dict:

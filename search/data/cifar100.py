@@ -1,0 +1,140 @@
+"""CIFAR-100: Keras's "python version" layout, read with the restricted unpickler.
+
+    cifar-100-python/train   50,000 images: data (N, 3072) uint8, fine_labels, coarse_labels
+    cifar-100-python/test    10,000 images, the same keys
+    cifar-100-python/meta    fine_label_names (100), coarse_label_names (20)
+
+Sources, in order, as for CIFAR-10: `--data-dir` / $BLOCKSWEEP_DATA_DIR (a folder holding
+`cifar-100-python/`, or that folder itself); else Keras's cache; else Keras's download.
+`data.label_mode` picks the 100 fine or the 20 coarse classes.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from search.data.cifar10 import Cifar10, _key
+from search.data.pickles import UnsafePickle, restricted_load
+from search.errors import UsageError
+
+FOLDER = "cifar-100-python"
+CLASSES = {"fine": 100, "coarse": 20}
+URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+
+
+def _read(path: Path) -> dict:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: missing CIFAR-100 file") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        content = restricted_load(raw)
+    except UnsafePickle as err:
+        raise UsageError(f"{path}: {err}") from None
+    except Exception as err:  # truncated or not a pickle at all
+        raise UsageError(f"{path}: not a readable CIFAR-100 file ({err.__class__.__name__}: {err})") from None
+    if not isinstance(content, dict):
+        raise UsageError(f"{path}: not a CIFAR-100 file (a {type(content).__name__}, expected a dict)")
+    return content
+
+
+def load_part(path: Path, label_mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """`train` or `test` -> (images NHWC uint8, labels int64), checked."""
+    batch = _read(path)
+    try:
+        data, labels = _key(batch, "data"), _key(batch, f"{label_mode}_labels")
+    except KeyError as err:
+        raise UsageError(f"{path}: not a CIFAR-100 file (no {err.args[0]!r} entry)") from None
+    data, labels = np.asarray(data), np.asarray(labels)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise UsageError(f"{path}: images have shape {data.shape} and dtype {data.dtype}, expected (N, 3072) uint8")
+    if labels.shape != (data.shape[0],):
+        raise UsageError(f"{path}: {labels.size} labels for {data.shape[0]} images")
+    k = CLASSES[label_mode]
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        raise UsageError(f"{path}: {label_mode} labels outside 0..{k - 1} (found {labels.min()}..{labels.max()})")
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+def _label_names(folder: Path, label_mode: str) -> tuple[str, ...]:
+    meta = _read(folder / "meta")
+    try:
+        names = _key(meta, f"{label_mode}_label_names")
+    except KeyError as err:
+        raise UsageError(f"{folder / 'meta'}: no {err.args[0]!r} entry") from None
+    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    if len(names) != CLASSES[label_mode]:
+        raise UsageError(f"{folder / 'meta'}: {len(names)} {label_mode} label names, expected {CLASSES[label_mode]}")
+    return names
+
+
+def _folder_in(path: Path) -> Path | None:
+    for candidate in (path / FOLDER, path):
+        if (candidate / "train").exists() or (candidate / "test").exists():
+            return candidate
+    return None
+
+
+def find_folder(data_dir) -> Path:
+    """Where `train`, `test` and `meta` are, by the documented order of sources."""
+    given = data_dir or os.environ.get("BLOCKSWEEP_DATA_DIR")
+    if given:
+        path = Path(given)
+        flag = "--data-dir" if data_dir else "$BLOCKSWEEP_DATA_DIR"
+        if not path.is_dir():
+            raise UsageError(f"{flag} {path}: no such directory")
+        folder = _folder_in(path)
+        if folder is None:
+            raise UsageError(f"{flag} {path}: no CIFAR-100 here (expected {FOLDER}/ with train, test and meta)")
+        return folder
+    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    cached = home / "datasets" / FOLDER
+    if (cached / "test").exists():
+        return cached
+    from keras.utils import get_file
+
+    try:
+        path = get_file(fname=FOLDER, origin=URL, untar=True)
+    except Exception as err:
+        raise UsageError(f"CIFAR-100 is not here and cannot be downloaded ({err.__class__.__name__}); pass "
+                         f"--data-dir DIR with the {FOLDER}/ layout") from None
+    folder = _folder_in(Path(path))
+    if folder is None:
+        raise UsageError(f"{path}: the download holds no {FOLDER}/")
+    return folder
+
+
+def load_cifar100(data_dir=None, label_mode: str = "fine") -> Cifar10:
+    """Train and test images with the fine (100) or coarse (20) labels (the same record as
+    CIFAR-10's: `prepare` takes either)."""
+    folder = find_folder(data_dir)
+    x_train, y_train = load_part(folder / "train", label_mode)
+    x_test, y_test = load_part(folder / "test", label_mode)
+    return Cifar10(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                   label_names=_label_names(folder, label_mode), source=str(folder),
+                   name=f"CIFAR-100 ({label_mode})")
+
+
+def write_cifar100(folder: Path, x, fine, coarse, test_x, test_fine, test_coarse) -> Path:
+    """Arrays in Keras's layout into `folder/cifar-100-python` (tests make small datasets)."""
+    out = Path(folder) / FOLDER
+    out.mkdir(parents=True, exist_ok=True)
+
+    def dump(name, images, f, c):
+        data = np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), 3072))
+        batch = {b"data": data, b"fine_labels": [int(v) for v in f], b"coarse_labels": [int(v) for v in c]}
+        (out / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+    dump("train", x, fine, coarse)
+    dump("test", test_x, test_fine, test_coarse)
+    meta = {b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]}
+    (out / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return out
