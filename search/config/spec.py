@@ -72,6 +72,7 @@ class Spec:
 MAX_FILE_BYTES = 1_000_000
 MAX_PARAMS = 1000  # searched parameters; a per-block one counts once
 MAX_BLOCKS = 100  # the largest per-block count a parameter may be repeated for
+MAX_DEPTH = 32  # nested mappings and lists (params.P.when.Q: [...] is 5 deep)
 
 
 # libyaml's parser where PyYAML was built with it: the pure-Python one reads about 0.1 MB/s
@@ -130,9 +131,8 @@ def parse_yaml(text: str, where: str) -> Any:
     collecting = gc.isenabled()
     gc.disable()
     try:
+        _check_depth(text, where)
         return yaml.load(text, Loader=_Loader)
-    except RecursionError:  # PyYAML composes nested collections recursively
-        raise UsageError(f"{where}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -141,6 +141,23 @@ def parse_yaml(text: str, where: str) -> Any:
     finally:
         if collecting:
             gc.enable()
+
+
+def _check_depth(text: str, where: str) -> None:
+    """Refuse collections nested deeper than MAX_DEPTH before they are built: PyYAML builds
+    nested collections recursively, and libyaml's builder then overflows the C stack (a
+    segmentation fault, measured with `[[[...]]]` and `- - - ...` 300,000 deep). The event
+    stream is flat, so it is read up to the first level too deep and no further."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1
+                raise UsageError(f"{where}:{line}: invalid YAML: collections nested over {MAX_DEPTH} deep "
+                                 "(a space file needs about 5)")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 # --------------------------------------------------------------------------- loading
