@@ -28,6 +28,11 @@ CIFAR10_TRAIN_IMAGES = 50_000  # the training split a batch is drawn from: 5,000
 # All-CNN-C, the longest recipe here, trains 350 epochs (Springenberg et al., 2015); 1,000
 # is nearly three times that.
 MAX_EPOCHS = 1000
+# A study's name (the space's `name`, or --study) names an MLflow experiment (MLflow's
+# database holds 256 characters) and folders under mlruns/ (a file system allows 255 bytes
+# per name), with room for the suffixes added to it (`-kerastuner`, `-train`).
+MAX_NAME = 200
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # Each trial is a training run and an MLflow child run; the sweeps here run tens to
 # hundreds, and 10,000 leaves two orders of magnitude of room.
 MAX_TRIALS = 10_000
@@ -316,7 +321,7 @@ class RunConfig:
 @record
 class SpaceFile:
     model: ModelConfig
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME)
     description: str = ""
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()

@@ -50,6 +50,21 @@ def cache_dir(name: str) -> Path:
     return path
 
 
+def cannot_create(path: Path) -> str | None:
+    """Why the folder `path` cannot be created (or used), or None when it can: checked
+    before anything is written, so that a command refused for it leaves nothing behind.
+    The nearest existing ancestor must be a writable folder, not a file."""
+    path = Path(path).absolute()
+    for ancestor in (path, *path.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                return f"{ancestor} is a file, not a folder"
+            if ancestor != path and not os.access(ancestor, os.W_OK | os.X_OK):
+                return f"{ancestor} is not writable"
+            return None
+    return None
+
+
 @contextlib.contextmanager
 def locked(path: Path):
     """Hold an exclusive lock on `<path>.lock` while one process fills a cache entry, so
