@@ -250,8 +250,7 @@ def _check_stores(storage: Optional[str], tracking_uri: Optional[str], engine: s
     tracking = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or store.mlflow_url()
     stores = [(tracking, "--tracking-uri", "MLflow store")]
     if engine == "optuna":
-        stores.append((storage or f"sqlite:///{(store.STORE / store.OPTUNA_DB).resolve()}", "--storage",
-                       "study storage"))
+        stores.append((storage or store.optuna_url(), "--storage", "study storage"))
     for url, flag, what in stores:
         urls.check_driver(url, flag)
         urls.check_reachable(url, flag, what)

@@ -109,3 +109,143 @@ def test_a_long_chain_of_conditions_loads(tmp_path):
     with pytest.raises(UsageError) as err:  # model.p* are no VGG settings: refused at the first one tried
         load_spec(path)
     assert "params.model.p0.choices[0]" in str(err.value) and "unknown key" in str(err.value)
+
+
+# --------------------------------------------------------------------------- data batches
+
+
+def write_bad_batch(root, batch: str, **entries):
+    """A copy of a valid dataset with one batch file's entries replaced."""
+    from search.data import write_batches
+    from tests.conftest import synthetic_cifar
+
+    folder = write_batches(root, *synthetic_cifar(100, 20))
+    good = pickle.loads((folder / batch).read_bytes())
+    good.update({k.encode(): v for k, v in entries.items()})
+    (folder / batch).write_bytes(pickle.dumps(good, protocol=2))
+    return folder
+
+
+LABELS = [  # (what, the labels of a 20-image batch, words)
+    ("NaN", [0.0] * 19 + [float("nan")], ["labels must be integers 0..9", "1 that are not", "nan"]),
+    ("fraction", [0.0] * 19 + [3.7], ["labels must be integers 0..9", "3.7"]),
+    ("byte strings", [b"cat"] * 20, ["labels must be integers 0..9", "bytes values", "b'cat'"]),
+    ("text", ["3"] * 20, ["labels must be integers 0..9", "str values"]),
+    ("booleans", [True] * 20, ["labels must be integers 0..9", "bool"]),
+    ("out of range", [0] * 19 + [10], ["labels outside 0..9", "0..10"]),
+    ("negative", [-1] + [0] * 19, ["labels outside 0..9", "-1..0"]),
+    ("ragged", [[1, 2]] + [0] * 19, ["ragged"]),
+]
+
+
+@pytest.mark.parametrize("what,labels,words", LABELS, ids=[case[0] for case in LABELS])
+def test_corrupt_labels_are_refused_naming_the_batch_file(tmp_path, what, labels, words):
+    from search.data import load_cifar10
+
+    write_bad_batch(tmp_path, "test_batch", labels=labels)
+    with pytest.raises(UsageError) as err:
+        load_cifar10(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(tmp_path / "cifar-10-batches-py" / "test_batch"))
+    for word in words:
+        assert word in message, f"{what}: {word!r} not in {message!r}"
+
+
+@pytest.mark.parametrize("data,words", [
+    (np.zeros((20, 3072), dtype=np.float32), ["dtype float32", "expected (N, 3072) uint8"]),
+    (np.zeros((20, 32, 32, 3), dtype=np.uint8), ["shape (20, 32, 32, 3)"]),
+    (np.zeros((20, 3071), dtype=np.uint8), ["shape (20, 3071)"]),
+], ids=["float-images", "nhwc-images", "short-rows"])
+def test_images_of_the_wrong_kind_are_refused_naming_the_batch_file(tmp_path, data, words):
+    from search.data import load_cifar10
+
+    write_bad_batch(tmp_path, "data_batch_3", data=data)
+    with pytest.raises(UsageError) as err:
+        load_cifar10(tmp_path)
+    assert str(err.value).startswith(str(tmp_path / "cifar-10-batches-py" / "data_batch_3"))
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_whole_float_labels_are_read_as_integers(tmp_path):
+    from search.data import load_cifar10
+
+    write_bad_batch(tmp_path, "test_batch", labels=[float(i % 10) for i in range(20)])
+    assert load_cifar10(tmp_path).y_test.tolist() == [i % 10 for i in range(20)]
+
+
+# --------------------------------------------------------------------------- nothing left behind
+
+
+def listing(root) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.fixture
+def bare(tmp_path, monkeypatch):
+    """An empty working directory (no store in it) with a space file: what a user has
+    before their first run."""
+    from tests.conftest import TINY_SPACE
+
+    cwd = tmp_path / "project"
+    cwd.mkdir()
+    (cwd / "tiny.yaml").write_text(TINY_SPACE)
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("BLOCKSWEEP_DATA_DIR", raising=False)
+    return cwd
+
+
+def closed_port() -> int:
+    from tests.services import free_port
+
+    return free_port()  # bound and released: nothing listens there
+
+
+EXIT_2 = [  # (what, command line with {data} and {port}, words of the one line)
+    ("no data dir", ["run", "tiny.yaml", "--data-dir", "nowhere"], ["--data-dir nowhere: no such directory"]),
+    ("corrupt data", ["run", "tiny.yaml", "--data-dir", "{bad}"], ["test_batch: labels must be integers"]),
+    ("corrupt data (train)", ["train", "tiny.yaml", "--data-dir", "{bad}"], ["test_batch: labels must be integers"]),
+    ("split larger than the data", ["run", "tiny.yaml", "--data-dir", "{data}", "--set", "data.train_size=1000"],
+     ["exceed the 1000 training images"]),
+    ("long study name", ["run", "tiny.yaml", "--data-dir", "{data}", "--study", "s" * 300],
+     ["--study " + "s" * 20 + "...: 300 characters; at most 200", "255 bytes"]),
+    ("long space name", ["run", "tiny.yaml", "--data-dir", "{data}", "--set", "name=" + "s" * 300],
+     ["name", "at most 200 characters"]),
+    ("too many trials", ["run", "tiny.yaml", "--data-dir", "{data}", "--trials", "100000"],
+     ["--trials 100000: must be 1 to 10,000"]),
+    ("unreachable tracking server", ["run", "tiny.yaml", "--data-dir", "{data}", "--tracking-uri",
+                                     "http://127.0.0.1:{port}"], ["--tracking-uri http://127.0.0.1:", "no MLflow server"]),
+    ("unreachable tracking server (train)", ["train", "tiny.yaml", "--data-dir", "{data}", "--tracking-uri",
+                                             "http://127.0.0.1:{port}"], ["no MLflow server answers"]),
+    ("unreachable study storage", ["run", "tiny.yaml", "--data-dir", "{data}", "--storage",
+                                   "postgresql://nobody@127.0.0.1:{port}/none"],
+     ["--storage postgresql://nobody@127.0.0.1:", "cannot open the study storage"]),
+    ("tracking store under a file", ["run", "tiny.yaml", "--data-dir", "{data}", "--tracking-uri",
+                                     "sqlite:///{cwd}/tiny.yaml/mlflow.db"], ["tiny.yaml is a file, not a folder"]),
+    ("grid over a continuous range", ["run", "tiny.yaml", "--data-dir", "{data}", "--sampler", "grid"],
+     ["grid"]),
+    ("Keras Tuner's hyperband searching epochs", ["run", "tiny.yaml", "--data-dir", "{data}", "--engine",
+                                                  "kerastuner", "--tuner", "hyperband", "--set", "search.trials=2"],
+     ["hyperband"]),
+]
+
+
+@pytest.mark.parametrize("what,argv,words", EXIT_2, ids=[case[0] for case in EXIT_2])
+def test_exit_2_leaves_nothing_behind(bare, capsys, tiny_cifar, tmp_path_factory, what, argv, words):
+    """Each exit-2 path of `run` and `train`, in a fresh project directory: one line, and
+    the directory's listing is what it was (no mlruns/, no mlflow.db, no optuna.db)."""
+    from search.cli import main
+
+    if what.startswith("Keras Tuner"):  # searching epochs is what its hyperband refuses
+        (bare / "tiny.yaml").write_text((bare / "tiny.yaml").read_text() + "  train.epochs: {type: int, low: 1, high: 2}\n")
+    bad = tmp_path_factory.mktemp("bad_data")
+    write_bad_batch(bad, "test_batch", labels=[0.5] * 20)
+    before = listing(bare)
+    argv = [a.format(data=tiny_cifar, bad=bad, port=closed_port(), cwd=bare) for a in argv]
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("blocksweep: error: "), err
+    for word in words:
+        assert word in err, f"{what}: {word!r} not in {err!r}"
+    assert listing(bare) == before

@@ -33,8 +33,9 @@ def mlflow_url() -> str:
 
 
 def optuna_url() -> str:
-    """The embedded study storage: sqlite:///<abs>/mlruns/optuna.db (the folder created)."""
-    STORE.mkdir(parents=True, exist_ok=True)
+    """The embedded study storage: sqlite:///<abs>/mlruns/optuna.db. Naming it creates
+    nothing: the folder is made when the storage is first opened (under its schema lock,
+    `urls.exclusive`), so a command refused before that leaves no mlruns/ behind."""
     return f"sqlite:///{(STORE / OPTUNA_DB).resolve()}"
 
 
