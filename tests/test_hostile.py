@@ -249,3 +249,64 @@ def test_exit_2_leaves_nothing_behind(bare, capsys, tiny_cifar, tmp_path_factory
     for word in words:
         assert word in err, f"{what}: {word!r} not in {err!r}"
     assert listing(bare) == before
+
+
+def test_ui_refuses_a_database_that_does_not_answer_in_seconds(bare, capsys):
+    """MLflow's server would retry a dead database for minutes before exiting."""
+    from search.cli import main
+
+    url = f"postgresql://nobody@127.0.0.1:{closed_port()}/none"
+    assert main(["ui", "--backend-store-uri", url, "--port", str(closed_port())]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot open the MLflow store" in err and "Connection refused" in err
+    assert listing(bare) == {"tiny.yaml"}
+
+
+@pytest.mark.postgres
+def test_ui_refuses_a_database_that_does_not_exist(bare, capsys):
+    from search.cli import main
+    from tests.services import PG, postgres_or_skip
+
+    postgres_or_skip()
+    assert main(["ui", "--backend-store-uri", f"{PG}/no_such_database_here", "--port", str(closed_port())]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'database "no_such_database_here" does not exist' in err
+
+
+def test_a_server_that_is_not_mlflow_is_refused(bare, capsys):
+    """Something answers, but not MLflow's health check (404): refused, not retried."""
+    import http.server
+    import threading
+
+    from search.cli import main
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(404)
+
+        def log_message(self, *args):  # the test reads stderr: keep the server's log off it
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        assert main(["train", "tiny.yaml", "--tracking-uri", url, "--data-dir", "nowhere"]) == 2
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err.strip()
+    assert f"GET {url}/health answered HTTP 404" in err and len(err.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_export_under_a_file_is_one_line_before_anything_is_read(tiny_sweep, tmp_path, capsys):
+    from search.cli import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert main(["export", "--study", tiny_sweep.study, "--tracking-uri", tiny_sweep.tracking_uri,
+                 "--out", str(blocker / "export")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"blocksweep: error: --out {blocker / 'export'}: cannot create it ({blocker} is a file, not a folder)"
