@@ -310,3 +310,30 @@ def test_export_under_a_file_is_one_line_before_anything_is_read(tiny_sweep, tmp
                  "--out", str(blocker / "export")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"blocksweep: error: --out {blocker / 'export'}: cannot create it ({blocker} is a file, not a folder)"
+
+
+# --------------------------------------------------------------------------- CI: no silent skips
+
+
+def test_under_ci_a_skip_fails_unless_it_is_deliberate(tmp_path):
+    """A pytest run with BLOCKSWEEP_REQUIRE_ALL=1 and this suite's conftest hook: a skip for
+    a missing tool fails; the deliberate kinds (docker inputs unchanged) still skip."""
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_env
+
+    (tmp_path / "conftest.py").write_text("from tests.require_all import pytest_runtest_makereport  # noqa: F401\n")
+    (tmp_path / "test_skips.py").write_text(
+        "import pytest\n\n"
+        "def test_missing_tool():\n    pytest.skip('chromium is not installed')\n\n"
+        "@pytest.mark.skipif(True, reason='jax is not installed')\ndef test_missing_package():\n    pass\n\n"
+        "def test_unchanged():\n    pytest.skip('unchanged: docker is as when this test last passed')\n\n"
+        "@pytest.mark.xfail(reason='known')\ndef test_known():\n    assert False\n")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-q", "-rfs",
+                          str(tmp_path)], cwd=tmp_path, env=cli_env(BLOCKSWEEP_REQUIRE_ALL="1"),
+                         capture_output=True, text=True, timeout=120)
+    # A skip in the call fails the test; one in its setup (skipif, a fixture) is an error.
+    assert "1 failed, 1 skipped, 1 xfailed, 1 error" in run.stdout and run.returncode == 1, run.stdout[-2000:]
+    assert "would have skipped (chromium is not installed)" in run.stdout
+    assert "would have skipped (jax is not installed)" in run.stdout
