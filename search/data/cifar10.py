@@ -102,7 +102,7 @@ def _check_labels(path: Path, labels: np.ndarray, images: int) -> None:
         bad = labels[~np.isfinite(labels) | (labels != np.round(labels))]
         if bad.size:
             raise UsageError(f"{path}: labels must be integers 0..9, found {bad.size} that are not "
-                             f"(e.g. {bad[0]!r})")
+                             f"(e.g. {bad[0].item()!r})")
     low, high = labels.min(), labels.max()
     if low < 0 or high >= NUM_CLASSES:
         raise UsageError(f"{path}: labels outside 0..9 (found {low:g}..{high:g})")
