@@ -215,7 +215,8 @@ EXIT_2 = [  # (what, command line with {data} and {port}, words of the one line)
     ("too many trials", ["run", "tiny.yaml", "--data-dir", "{data}", "--trials", "100000"],
      ["--trials 100000: must be 1 to 10,000"]),
     ("unreachable tracking server", ["run", "tiny.yaml", "--data-dir", "{data}", "--tracking-uri",
-                                     "http://127.0.0.1:{port}"], ["--tracking-uri http://127.0.0.1:", "no MLflow server"]),
+                                     "http://127.0.0.1:{port}"],
+     ["--tracking-uri http://127.0.0.1:", "no MLflow server"]),
     ("unreachable tracking server (train)", ["train", "tiny.yaml", "--data-dir", "{data}", "--tracking-uri",
                                              "http://127.0.0.1:{port}"], ["no MLflow server answers"]),
     ("unreachable study storage", ["run", "tiny.yaml", "--data-dir", "{data}", "--storage",
@@ -238,7 +239,8 @@ def test_exit_2_leaves_nothing_behind(bare, capsys, tiny_cifar, tmp_path_factory
     from search.cli import main
 
     if what.startswith("Keras Tuner"):  # searching epochs is what its hyperband refuses
-        (bare / "tiny.yaml").write_text((bare / "tiny.yaml").read_text() + "  train.epochs: {type: int, low: 1, high: 2}\n")
+        space = bare / "tiny.yaml"
+        space.write_text(space.read_text() + "  train.epochs: {type: int, low: 1, high: 2}\n")
     bad = tmp_path_factory.mktemp("bad_data")
     write_bad_batch(bad, "test_batch", labels=[0.5] * 20)
     before = listing(bare)
