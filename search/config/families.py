@@ -15,7 +15,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
-from search.config.schema import Bool, Float, Int, record
+from search.config.schema import MAX_EPOCHS, Bool, Float, Int, record
 
 # --------------------------------------------------------------------------- vocabulary
 
@@ -160,7 +160,7 @@ class ResNet50Config:
     #   embeddings). finetune: scheme 2, the head first, then the top stages unfrozen.
     scheme: Literal["scratch", "features", "finetune"] = "scratch"
     trainable_stages: Int = Field(2, ge=0, le=len(RESNET_UNFREEZABLE))  # finetune: K top stages unfrozen
-    head_epochs: Int = Field(3, ge=0)  # finetune: epochs of head training on the embeddings first
+    head_epochs: Int = Field(3, ge=0, le=MAX_EPOCHS)  # finetune: epochs of head training on the embeddings first
     finetune_learning_rate: Float = Field(1e-4, gt=0)  # finetune: the rate once stages are unfrozen
     # The head, from the same vocabulary as VGG's.
     head: HeadName = "gap"

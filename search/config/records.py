@@ -16,7 +16,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import Field, field_validator, model_validator
 
 from search.config.families import FAMILIES
-from search.config.schema import Bool, Float, Int, record
+from search.config.schema import MAX_EPOCHS, Bool, Float, Int, record
 from search.config.space import CategoricalParam, FloatParam, IntParam
 
 # --------------------------------------------------------------------------- limits
@@ -25,9 +25,6 @@ from search.config.space import CategoricalParam, FloatParam, IntParam
 # what would run for ever or exhaust memory, so that a typo (`epochs: 1e12`, `batch_size:
 # 1e9`) is refused at load time instead of starting a trial that never ends.
 CIFAR10_TRAIN_IMAGES = 50_000  # the training split a batch is drawn from: 5,000 per class
-# All-CNN-C, the longest recipe here, trains 350 epochs (Springenberg et al., 2015); 1,000
-# is nearly three times that.
-MAX_EPOCHS = 1000
 # A study's name (the space's `name`, or --study) names an MLflow experiment (MLflow's
 # database holds 256 characters) and folders under mlruns/ (a file system allows 255 bytes
 # per name), with room for the suffixes added to it (`-kerastuner`, `-train`).
