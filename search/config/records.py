@@ -23,7 +23,8 @@ from search.config.space import CategoricalParam, FloatParam, IntParam
 
 # The largest values a space file may state. Each is far above any real use and far below
 # what would run for ever or exhaust memory, so that a typo (`epochs: 1e12`, `batch_size:
-# 1e9`) is refused at load time instead of starting a trial that never ends.
+# 1e9`) is refused at load time instead of starting a trial that never ends. (The epochs'
+# cap, MAX_EPOCHS, is in schema.py: the model families' records use it too.)
 CIFAR10_TRAIN_IMAGES = 50_000  # the training split a batch is drawn from: 5,000 per class
 # A study's name (the space's `name`, or --study) names an MLflow experiment (MLflow's
 # database holds 256 characters) and folders under mlruns/ (a file system allows 255 bytes
