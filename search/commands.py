@@ -104,7 +104,7 @@ def train(space, *, overrides=None, data_dir: Optional[str] = None,
         config = resolve(spec, values)
     except ValueError as err:
         raise UsageError(f"{spec.path}: the parameters' defaults do not fit together: {err}") from None
-    _check_drivers(None, tracking_uri)
+    _check_stores(None, tracking_uri, engine="none")
     chosen = backend.select(backend_name)
     _check_model(config, tracking_uri)
     splits = _load_data(data_dir, config.data)
@@ -188,7 +188,7 @@ def sweep(space, *, engine: Optional[str] = None, trials: Optional[int] = None,
         seed=d.seed if seed is None else seed, max_failures=max_failures or d.max_failures,
         keep_models=keep_models or d.keep_models, heartbeat=heartbeat, quiet=quiet)
     _check_counts(options)
-    _check_drivers(options.storage, tracking_uri)
+    _check_stores(options.storage, tracking_uri, options.engine)
     if not spec.space.params:
         raise UsageError(f"{spec.path}: params: the space has no parameters to search (use `blocksweep train`)")
     _check_data_not_searched(spec)
@@ -200,17 +200,20 @@ def sweep(space, *, engine: Optional[str] = None, trials: Optional[int] = None,
     from search.tracking.tracker import Tracker
 
     eng = get_engine(options.engine)
-    tracker = Tracker(tracking_uri)
     environment = _environment(spec, chosen)
     options = replace(options, system_metrics=_system_metrics(system_metrics, environment))
     from search.data import load_dataset
 
-    # The data is checked before the study or the parent run is created.
-    s = Sweep(spec=spec, dataset=load_dataset(spec.base_config().data, data_dir), tracker=tracker,
+    # In this order, so that bad input leaves nothing behind: the data is checked before
+    # any store is opened; the engine opens (or creates) its study, refusing one that does
+    # not fit, before the MLflow store is opened (its database file created) and the
+    # parent run found or created. The stores answered above (`_check_stores`).
+    s = Sweep(spec=spec, dataset=load_dataset(spec.base_config().data, data_dir), tracker=None,
               options=options, tags=environment)
     _check_fits_images(spec.base_config().model, s.splits_for(spec.base_config().data).input_shape)
     _check_streamable(spec.base_config(), s.splits_for(spec.base_config().data))
     eng.check(s)
+    s.tracker = Tracker(tracking_uri)
     s.open(storage_kind=_storage_kind(options))
     total = options.trials if options.trials is not None else options.study_trials
     bar = SweepBar(total, s.metric, s.objective.better, enabled=not quiet)
@@ -231,9 +234,14 @@ def _check_flags(engine: str, *, study, trials, study_trials, tuner, sampler, pr
     """Flags that contradict each other or the engine are refused, not ignored."""
     import re
 
-    if study is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study):
+    from search.config.records import MAX_NAME, NAME_PATTERN
+
+    if study is not None and not re.fullmatch(NAME_PATTERN, study):
         raise UsageError(f"--study {study!r}: use letters, digits, '_', '.' and '-' (it names an MLflow "
                          "experiment and a folder under mlruns/)")
+    if study is not None and len(study) > MAX_NAME:
+        raise UsageError(f"--study {study[:20]}...: {len(study)} characters; at most {MAX_NAME} (it names an "
+                         "MLflow experiment, 256 characters at most, and folders under mlruns/, 255 bytes at most)")
     if trials is not None and study_trials is not None:
         raise UsageError("--trials and --study-trials: give one (trials of this invocation, or of the whole study)")
     if engine == "optuna" and tuner is not None:
@@ -251,10 +259,12 @@ def _check_flags(engine: str, *, study, trials, study_trials, tuner, sampler, pr
 
 
 def _check_counts(options) -> None:
-    if options.trials is not None and options.trials < 1:
-        raise UsageError(f"--trials {options.trials}: must be at least 1")
-    if options.study_trials is not None and options.study_trials < 1:
-        raise UsageError(f"--study-trials {options.study_trials}: must be at least 1")
+    from search.config.records import MAX_TRIALS
+
+    for flag, count in (("--trials", options.trials), ("--study-trials", options.study_trials)):
+        if count is not None and not 1 <= count <= MAX_TRIALS:
+            raise UsageError(f"{flag} {count}: must be 1 to {MAX_TRIALS:,} (each trial is a training run; "
+                             "more is a typo)")
     if options.timeout is not None and options.timeout <= 0:
         raise UsageError(f"--timeout {options.timeout:g}: must be positive seconds")
     if options.max_failures < 1:
@@ -263,12 +273,22 @@ def _check_counts(options) -> None:
         raise UsageError(f"--heartbeat {options.heartbeat:g}: must be positive seconds")
 
 
-def _check_drivers(storage: Optional[str], tracking_uri: Optional[str]) -> None:
-    """A database URL without its driver (the [postgres] extra) is refused before any store is opened."""
-    from search.tracking.urls import check_driver
+def _check_stores(storage: Optional[str], tracking_uri: Optional[str], engine: str = "optuna") -> None:
+    """The stores, checked before anything is created in them or beside them: a database
+    URL's driver is installed (the [postgres] extra), a server or database answers within
+    seconds, a local database's folder can be created. Nothing is written here."""
+    import os
 
-    check_driver(storage, "--storage")
-    check_driver(tracking_uri, "--tracking-uri")
+    from search.tracking import store, urls
+
+    tracking = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or store.mlflow_url()
+    stores = [(tracking, "--tracking-uri", "MLflow store")]
+    if engine == "optuna":
+        stores.append((storage or store.optuna_url(), "--storage", "study storage"))
+    for url, flag, what in stores:
+        urls.check_driver(url, flag)
+        urls.check_reachable(url, flag, what)
+        urls.check_local(url, flag)
 
 
 def _storage_kind(options) -> str:

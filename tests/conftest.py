@@ -46,6 +46,10 @@ def synthetic_cifar(n_train: int, n_test: int, seed: int = 0):
     return x, y, tx, ty
 
 
+# Under CI a skip is a failure, except the deliberate ones (tests/require_all.py).
+from tests.require_all import pytest_runtest_makereport  # noqa: E402,F401
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     """Every test starts from the same random state."""

@@ -236,7 +236,7 @@ def test_imagenet_weights_offline_fail_with_one_line_saying_to_pass_a_file(cli, 
     from search.training.weights import IMAGENET_FILE
 
     if (Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models" / IMAGENET_FILE).exists():
-        pytest.skip("the ImageNet weights are in Keras's cache here: nothing to download")
+        pytest.skip("cached: the ImageNet weights are in Keras's cache here: nothing to download")
     # Offline for sure: every download goes to a proxy on a closed port.
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")

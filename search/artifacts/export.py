@@ -124,6 +124,11 @@ def export(*, study: Optional[str] = None, run_id: Optional[str] = None, out: st
         raise UsageError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--out {out}: exists and is not an empty folder")
+    from search.tracking.store import cannot_create
+
+    why = cannot_create(out)  # checked now: the folder is created only once the export is complete
+    if why:
+        raise UsageError(f"--out {out}: cannot create it ({why})")
     if register is not None and not alias:
         raise UsageError("--alias: give the alias a name")
     chosen = backend.resolve(backend_name)

@@ -15,7 +15,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
-from search.config.schema import record
+from search.config.schema import MAX_EPOCHS, Bool, Float, Int, record
 
 # --------------------------------------------------------------------------- vocabulary
 
@@ -33,7 +33,7 @@ BlockName = Literal[
 # global average pooling, `gmp` airbench's global max pooling.
 HeadName = Literal["dense-drop", "dense-bn", "dense-bn-drop", "gap", "gmp"]
 Activation = Literal["relu", "gelu", "elu", "selu", "swish", "tanh", "leaky_relu", "mish"]
-Rate = float  # dropout rate in [0, 1)
+Rate = Float  # dropout rate in [0, 1)
 
 
 # --------------------------------------------------------------------------- vgg
@@ -50,43 +50,43 @@ class VGGConfig:
     spaces/vgg_fast.yaml)."""
 
     family: Literal["vgg"] = "vgg"
-    blocks: int = Field(3, ge=1, le=5)  # each pooling block halves 32x32: at most 5
+    blocks: Int = Field(3, ge=1, le=5)  # each pooling block halves 32x32: at most 5
     block: BlockName = "conv-bn-conv-pool-drop"
     # Channels of block 0, multiplied by `growth` per block; or one value per block.
-    filters: Union[int, tuple[int, ...]] = 32
-    growth: float = Field(2.0, gt=0)
+    filters: Union[Int, tuple[Int, ...]] = 32
+    growth: Float = Field(2.0, gt=0)
     # Dropout at the end of each block (or one rate per block); `inner_dropout` is the first
     # dropout of blocks that have two (conv-drop-conv-drop-pool); None means `dropout`.
     dropout: Union[Rate, tuple[Rate, ...]] = 0.25
     inner_dropout: Rate | None = None
     head: HeadName = "dense-drop"
-    dense_units: int = Field(128, ge=1)
+    dense_units: Int = Field(128, ge=1)
     head_dropout: Rate = Field(0.5, ge=0, lt=1)
     activation: Activation = "relu"
     # Widths are multiplied by this (rounded; a searchable knob that keeps the proportions).
-    width_multiplier: float = Field(1.0, gt=0)
+    width_multiplier: Float = Field(1.0, gt=0)
     # whiten: a frozen k x k patch-whitening convolution (2*k*k*3 filters, set from the
     # first `whiten_images` training images by the trainer; eps as in airbench) and the
     # activation, before the blocks.
     stem: Literal["none", "whiten"] = "none"
-    whiten_kernel: int = Field(2, ge=1, le=4)
-    whiten_eps: float = Field(5e-4, gt=0)
-    whiten_images: int = Field(5000, ge=1)
-    conv_bias: bool = True
+    whiten_kernel: Int = Field(2, ge=1, le=4)
+    whiten_eps: Float = Field(5e-4, gt=0)
+    whiten_images: Int = Field(5000, ge=1)
+    conv_bias: Bool = True
     # Batch-norm in Keras's convention: moving = momentum * moving + (1 - momentum) * batch.
     # PyTorch's `momentum` is the other weight: its 0.4 is Keras's 0.6 (airbench writes 0.6
     # and passes 1 - 0.6 to nn.BatchNorm2d). bn_scale false: centre only (scale fixed at 1).
-    bn_momentum: float = Field(0.99, ge=0, lt=1)
-    bn_epsilon: float = Field(1e-3, gt=0)
-    bn_scale: bool = True
+    bn_momentum: Float = Field(0.99, ge=0, lt=1)
+    bn_epsilon: Float = Field(1e-3, gt=0)
+    bn_scale: Bool = True
     # keras: He-uniform convolutions, Glorot-uniform dense (Keras's default). airbench:
     # PyTorch's default, uniform +-1/sqrt(fan_in), with each 3x3 convolution's first C_in
     # filters set to the identity (a Dirac at the centre).
     init: Literal["keras", "airbench"] = "keras"
-    classifier_bias: bool = True
+    classifier_bias: Bool = True
     # None: one Dense+softmax classifier (classic). A number: Dense -> `logits` (times this
     # scale; airbench 1/9) -> softmax; the airbench recipe trains on that layer.
-    logit_scale: Optional[float] = Field(None, gt=0)
+    logit_scale: Optional[Float] = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _per_block_lengths(self):
@@ -123,14 +123,14 @@ class AllCNNConfig:
     quick CPU runs (1.0 is the paper)."""
 
     family: Literal["allcnn"] = "allcnn"
-    width: float = Field(1.0, gt=0)
-    input_dropout: float = Field(0.2, ge=0, lt=1)
-    dropout: float = Field(0.5, ge=0, lt=1)
+    width: Float = Field(1.0, gt=0)
+    input_dropout: Float = Field(0.2, ge=0, lt=1)
+    dropout: Float = Field(0.5, ge=0, lt=1)
     # The paper's table puts a ReLU on the class scores too. Once all ten scores are <= 0
     # for every image, that ReLU passes no gradient and the network cannot recover: measured
     # on the CPU (full width, lr 0.05, 5,000 images), the scores were all exactly 0 from the
     # second epoch on (BENCHMARKS.md). False drops it, the usual remedy.
-    class_relu: bool = True
+    class_relu: Bool = True
 
 
 # --------------------------------------------------------------------------- resnet50
@@ -148,10 +148,10 @@ class ResNet50Config:
     family: Literal["resnet50"] = "resnet50"
     # Side of the square the 32x32 images are resized to, on the device. ImageNet features
     # need room: 64 is the default, 32 the smallest ResNet50 accepts (1x1 after conv5).
-    input_size: int = Field(64, ge=32)
+    input_size: Int = Field(64, ge=32)
     # Channel multiplier and blocks per stage (conv2..conv5); the defaults are ResNet50.
-    width: float = Field(1.0, gt=0, le=1)
-    stage_blocks: tuple[int, int, int, int] = KERAS_RESNET50_BLOCKS
+    width: Float = Field(1.0, gt=0, le=1)
+    stage_blocks: tuple[Int, Int, Int, Int] = KERAS_RESNET50_BLOCKS
     # Pre-trained weights of the base: imagenet | PATH (.h5, .weights.h5, .keras, or a folder
     # holding model.keras) | an MLflow run id | pretrain:SPACE.yaml (search/training/weights.py).
     weights: Optional[str] = None
@@ -159,13 +159,13 @@ class ResNet50Config:
     #   baseline). features: scheme 1, the frozen base as a fixed feature extractor (cached
     #   embeddings). finetune: scheme 2, the head first, then the top stages unfrozen.
     scheme: Literal["scratch", "features", "finetune"] = "scratch"
-    trainable_stages: int = Field(2, ge=0, le=len(RESNET_UNFREEZABLE))  # finetune: K top stages unfrozen
-    head_epochs: int = Field(3, ge=0)  # finetune: epochs of head training on the embeddings first
-    finetune_learning_rate: float = Field(1e-4, gt=0)  # finetune: the rate once stages are unfrozen
+    trainable_stages: Int = Field(2, ge=0, le=len(RESNET_UNFREEZABLE))  # finetune: K top stages unfrozen
+    head_epochs: Int = Field(3, ge=0, le=MAX_EPOCHS)  # finetune: epochs of head training on the embeddings first
+    finetune_learning_rate: Float = Field(1e-4, gt=0)  # finetune: the rate once stages are unfrozen
     # The head, from the same vocabulary as VGG's.
     head: HeadName = "gap"
-    dense_units: int = Field(256, ge=1)
-    head_dropout: float = Field(0.5, ge=0, lt=1)
+    dense_units: Int = Field(256, ge=1)
+    head_dropout: Float = Field(0.5, ge=0, lt=1)
     activation: Activation = "relu"
 
     @model_validator(mode="after")

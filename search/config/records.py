@@ -16,8 +16,24 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import Field, field_validator, model_validator
 
 from search.config.families import FAMILIES
-from search.config.schema import record
+from search.config.schema import MAX_EPOCHS, Bool, Float, Int, record
 from search.config.space import CategoricalParam, FloatParam, IntParam
+
+# --------------------------------------------------------------------------- limits
+
+# The largest values a space file may state. Each is far above any real use and far below
+# what would run for ever or exhaust memory, so that a typo (`epochs: 1e12`, `batch_size:
+# 1e9`) is refused at load time instead of starting a trial that never ends. (The epochs'
+# cap, MAX_EPOCHS, is in schema.py: the model families' records use it too.)
+CIFAR10_TRAIN_IMAGES = 50_000  # the training split a batch is drawn from: 5,000 per class
+# A study's name (the space's `name`, or --study) names an MLflow experiment (MLflow's
+# database holds 256 characters) and folders under mlruns/ (a file system allows 255 bytes
+# per name), with room for the suffixes added to it (`-kerastuner`, `-train`).
+MAX_NAME = 200
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# Each trial is a training run and an MLflow child run; the sweeps here run tens to
+# hundreds, and 10,000 leaves two orders of magnitude of room.
+MAX_TRIALS = 10_000
 
 # --------------------------------------------------------------------------- data
 
@@ -26,8 +42,8 @@ from search.config.space import CategoricalParam, FloatParam, IntParam
 class Augment:
     """Augmentation applied on the device, inside the training step, under every backend."""
 
-    flip: bool = True  # random horizontal flip
-    translate: int = Field(2, ge=0, le=8)  # random shift of up to this many pixels (reflect padding)
+    flip: Bool = True  # random horizontal flip
+    translate: Int = Field(2, ge=0, le=8)  # random shift of up to this many pixels (reflect padding)
 
 
 # The largest side `data.image_size` may have, in pixels: a folder of photos resized larger
@@ -63,20 +79,20 @@ class DataConfig:
     # naming it); skip: such files are left out, with a warning that counts and names them.
     on_bad_image: Literal["error", "skip"] = "error"
     # Stratified subset of the training split for quick runs (None: all of it).
-    train_size: Optional[int] = Field(None, ge=10)
+    train_size: Optional[Int] = Field(None, ge=10)
     # Held out from the 50,000 training images, stratified and seeded; selection uses it.
     # 0: no validation split, every training image trains and only the test set is
     # reported: airbench94's benchmark (train.recipe airbench, `blocksweep train` and
     # bench/ only; a sweep refuses it, as its objective must never see the test set).
-    val_size: int = Field(5000, ge=0)
+    val_size: Int = Field(5000, ge=0)
     # Subset of the test set (None: all 10,000); the test set is for reporting only.
-    test_size: Optional[int] = Field(None, ge=10)
+    test_size: Optional[Int] = Field(None, ge=10)
     # Keep only these classes, relabelled 0..k-1 in this order (transfer experiments).
-    classes: Optional[tuple[int, ...]] = None
-    normalize: bool = True  # per-channel mean/std of the training split
+    classes: Optional[tuple[Int, ...]] = None
+    normalize: Bool = True  # per-channel mean/std of the training split
     labels: Literal["sparse", "onehot"] = "sparse"
     augment: Augment = Augment()
-    seed: int = 0
+    seed: Int = 0
 
     @field_validator("val_size")
     @classmethod
@@ -131,20 +147,20 @@ class Schedule:
     """
 
     kind: Literal["constant", "step", "cosine", "inverse_time", "onecycle"] = "constant"
-    warmup_epochs: float = Field(0.0, ge=0)
-    drop_epochs: tuple[float, ...] = ()
-    drop_factor: float = Field(0.1, gt=0)
-    final_fraction: float = Field(0.0, ge=0)
-    start_fraction: float = Field(0.2, ge=0)
-    peak_fraction: float = Field(0.23, gt=0, lt=1)
-    c1: Optional[float] = Field(None, gt=0)
-    c2: Optional[float] = Field(None, gt=0)
+    warmup_epochs: Float = Field(0.0, ge=0)
+    drop_epochs: tuple[Float, ...] = ()
+    drop_factor: Float = Field(0.1, gt=0)
+    final_fraction: Float = Field(0.0, ge=0)
+    start_fraction: Float = Field(0.2, ge=0)
+    peak_fraction: Float = Field(0.23, gt=0, lt=1)
+    c1: Optional[Float] = Field(None, gt=0)
+    c2: Optional[Float] = Field(None, gt=0)
 
 
 @record
 class EarlyStopping:
-    patience: Optional[int] = Field(None, ge=1)  # epochs without improvement; None: off
-    min_delta: float = Field(0.0, ge=0)
+    patience: Optional[Int] = Field(None, ge=1)  # epochs without improvement; None: off
+    min_delta: Float = Field(0.0, ge=0)
 
 
 @record
@@ -167,35 +183,35 @@ class AirbenchRecipe:
     v = momentum * v + g; w -= lr * (g + momentum * v).
     """
 
-    batch_size: int = Field(1024, ge=1)  # clipped to the training set's size
-    learning_rate: float = Field(1.5, gt=0)
-    momentum: float = Field(0.85, ge=0, lt=1)
-    nesterov: bool = True
-    label_smoothing: float = Field(0.2, ge=0, lt=1)
-    weight_decay: float = Field(0.0153 / 11.5, ge=0)  # coupled, on every trainable variable ...
-    bias_lr_scale: float = Field(64.0, gt=0)  # ... except batch-norm parameters: 64x the lr
-    bias_weight_decay: float = Field(0.0153 / 11.5 / 64, ge=0)  # ... and this decay
+    batch_size: Int = Field(1024, ge=1, le=CIFAR10_TRAIN_IMAGES)  # clipped to the training set's size
+    learning_rate: Float = Field(1.5, gt=0)
+    momentum: Float = Field(0.85, ge=0, lt=1)
+    nesterov: Bool = True
+    label_smoothing: Float = Field(0.2, ge=0, lt=1)
+    weight_decay: Float = Field(0.0153 / 11.5, ge=0)  # coupled, on every trainable variable ...
+    bias_lr_scale: Float = Field(64.0, gt=0)  # ... except batch-norm parameters: 64x the lr
+    bias_weight_decay: Float = Field(0.0153 / 11.5 / 64, ge=0)  # ... and this decay
     # airbench's multiplier of the learning rate: 0.2 -> 1 over the first 23% of the
     # steps, then down to 0.07 at the end.
     schedule: Schedule = Schedule(kind="onecycle", start_fraction=0.2, peak_fraction=0.23, final_fraction=0.07)
     # The whitening stem's bias trains in the first this-many epochs only (airbench: no
     # gradient, decay or momentum step afterwards; the lookahead still moves it, as it
     # moves every float variable). None: it trains throughout.
-    whiten_bias_epochs: Optional[int] = Field(3, ge=0)
+    whiten_bias_epochs: Optional[Int] = Field(3, ge=0)
     # Lookahead: every `lookahead_every` steps ema = d*ema + (1-d)*w and w <- ema, with
     # d = lookahead_decay**lookahead_every * (step/total)**lookahead_power; at the end
     # w <- ema. Applies to every float variable (batch-norm statistics too, as airbench).
-    lookahead: bool = True
-    lookahead_every: int = Field(5, ge=1)
-    lookahead_decay: float = Field(0.95, gt=0, le=1)
-    lookahead_power: float = Field(3.0, ge=0)
+    lookahead: Bool = True
+    lookahead_every: Int = Field(5, ge=1)
+    lookahead_decay: Float = Field(0.95, gt=0, le=1)
+    lookahead_power: Float = Field(3.0, ge=0)
     # alternating: one random flip pattern, inverted on odd epochs (each image is seen
     # both ways every two epochs); random: a fresh coin per image and epoch. Applies when
     # data.augment.flip is on; data.augment.translate gives the shift (reflect padding).
     flip: Literal["alternating", "random"] = "alternating"
     # Test-time augmentation: 0 none; 1 mirror (mean logits of the image and its flip);
     # 2 mirror and 1-pixel shifts: 0.5*mirror(x) + 0.25*(mirror(up-left) + mirror(down-right)).
-    tta_level: int = Field(2, ge=0, le=2)
+    tta_level: Int = Field(2, ge=0, le=2)
     # every_epoch: validation (plain and TTA) after each epoch, for pruning and curves;
     # last_epoch: only at the end, as airbench times itself (no pruning).
     validate: Literal["every_epoch", "last_epoch"] = "every_epoch"
@@ -203,8 +219,8 @@ class AirbenchRecipe:
     # any backend (slower); auto: fused under JAX, else keras.
     path: Literal["auto", "fused", "keras"] = "auto"
     # Training steps per dispatch of the fused loop (None: one epoch per dispatch).
-    steps_per_dispatch: Optional[int] = Field(None, ge=1)
-    eval_batch_size: int = Field(1000, ge=1)
+    steps_per_dispatch: Optional[Int] = Field(None, ge=1)
+    eval_batch_size: Int = Field(1000, ge=1)
 
 
 @record
@@ -212,26 +228,26 @@ class TrainConfig:
     # The epochs budget of one trial. A fraction (airbench94 trains 9.9) needs train.recipe
     # airbench, which runs ceil(steps_per_epoch * epochs) optimiser steps, its schedules
     # over that total, the last epoch partial; `epoch_count` is how many epochs report.
-    epochs: Union[int, float] = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: Union[int, float] = Field(10, ge=1, le=MAX_EPOCHS)
+    batch_size: Int = Field(128, ge=1, le=CIFAR10_TRAIN_IMAGES)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    learning_rate: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)  # SGD only
-    nesterov: bool = True  # SGD only
+    learning_rate: Float = Field(0.01, gt=0)
+    momentum: Float = Field(0.9, ge=0, lt=1)  # SGD only
+    nesterov: Bool = True  # SGD only
     # decoupled (Keras's own): w -= lr * weight_decay * w each step. coupled: the L2
     # gradient weight_decay * w is added to each kernel's gradient before momentum (what
     # the All-CNN paper and airbench mean); with momentum 0.9 it acts ~10x stronger.
-    weight_decay: float = Field(1e-6, ge=0)
+    weight_decay: Float = Field(1e-6, ge=0)
     weight_decay_mode: Literal["decoupled", "coupled"] = "decoupled"
     schedule: Schedule = Schedule()
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: Float = Field(0.0, ge=0, lt=1)
     early_stopping: EarlyStopping = EarlyStopping()
     # auto: bf16 mixed precision on a GPU, float32 on a CPU (bf16 is slower there).
     precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"
     # Running mean of the training loss over this many batches, logged every as many
     # batches: a smoother convergence signal than the per-epoch mean.
-    loss_window: int = Field(20, ge=1)
-    seed: int = 0
+    loss_window: Int = Field(20, ge=1)
+    seed: Int = 0
     # standard: Keras fit with the settings above. airbench: Keller Jordan's airbench94
     # recipe (search/training/airbench/) with `airbench` below
     # in place of the optimiser settings above (epochs, precision, loss_window and seed
@@ -310,13 +326,13 @@ class SearchDefaults:
     """Defaults for `blocksweep run`; each has a flag of the same name that wins."""
 
     engine: Literal["optuna", "kerastuner"] = "optuna"
-    trials: int = Field(10, ge=1)
-    timeout: Optional[float] = Field(None, gt=0)  # seconds of wall time per invocation
+    trials: Int = Field(10, ge=1, le=MAX_TRIALS)
+    timeout: Optional[Float] = Field(None, gt=0)  # seconds of wall time per invocation
     sampler: Literal["tpe", "random", "cmaes", "gp", "grid"] = "tpe"
     pruner: Literal["median", "hyperband", "halving", "none"] = "median"
     tuner: Literal["random", "bayesian", "hyperband"] = "random"  # Keras Tuner's algorithm
-    seed: int = 0
-    max_failures: int = Field(5, ge=1)  # stop the sweep after this many failed trials
+    seed: Int = 0
+    max_failures: Int = Field(5, ge=1)  # stop the sweep after this many failed trials
     keep_models: Literal["best", "all"] = "best"
 
 
@@ -346,6 +362,7 @@ class RunConfig:
     @model_validator(mode="after")
     def _sections_fit(self):
         _check_recipe(self)
+        _batch_fits_data(self)
         _data_fits_model(self.model, self.data)
         return self
 
@@ -353,7 +370,7 @@ class RunConfig:
 @record
 class SpaceFile:
     model: ModelConfig
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME)
     description: str = ""
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
@@ -364,8 +381,28 @@ class SpaceFile:
     @model_validator(mode="after")
     def _sections_fit(self):
         _check_recipe(self)
+        _batch_fits_data(self)
         _data_fits_model(self.model, self.data)
         return self
+
+
+def _batch_fits_data(config) -> None:
+    """A batch is drawn from the training split, so the standard trainer's batch can be no
+    larger than that split: `data.train_size` when set, else CIFAR-10's training images of
+    the kept classes less the validation split. (The airbench recipe clips its batch to
+    the split itself.)"""
+    if config.train.recipe != "standard":
+        return
+    data = config.data
+    if data.train_size is not None:
+        size, what = data.train_size, f"data.train_size {data.train_size}"
+    else:
+        classes = len(data.classes) if data.classes is not None else 10
+        size = CIFAR10_TRAIN_IMAGES // 10 * classes - data.val_size
+        what = f"the {size} training images of CIFAR-10 left beside data.val_size {data.val_size}"
+    if 0 < size < config.train.batch_size:  # (no images left at all: data.prepare says so)
+        raise ValueError(f"train.batch_size {config.train.batch_size} is larger than the training split "
+                         f"({what}): a batch is drawn from it")
 
 
 def _check_recipe(config) -> None:

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, Union
+from typing import Any, ClassVar, Literal, Optional, Protocol, Union
 
-from search.config.schema import STRICT
+from search.config.schema import STRICT, Bool, Float, Int
 
 Scalar = Union[bool, int, float, str]
+# Every choice is validated against the config it sets when the file loads (~40 us each
+# here), and a grid sampler enumerates them all.
+MAX_CHOICES = 1000
 
 
 def _check_when(when: dict) -> None:
@@ -35,11 +38,11 @@ def _check_when(when: dict) -> None:
 class FloatParam:
     """A real value in [low, high]; `log` samples it log-uniformly; `step` discretises it."""
 
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = None
-    default: float | None = None
+    low: Float
+    high: Float
+    log: Bool = False
+    step: Optional[Float] = None
+    default: Optional[Float] = None
     when: dict[str, tuple[Scalar, ...]] = field(default_factory=dict)
     per_block: str | None = None
     type: Literal["float"] = "float"
@@ -81,11 +84,11 @@ class FloatParam:
 class IntParam:
     """An integer in [low, high] (both inclusive) on a grid of `step`."""
 
-    low: int
-    high: int
-    step: int = 1
-    log: bool = False
-    default: int | None = None
+    low: Int
+    high: Int
+    step: Int = 1
+    log: Bool = False
+    default: Optional[Int] = None
     when: dict[str, tuple[Scalar, ...]] = field(default_factory=dict)
     per_block: str | None = None
     type: Literal["int"] = "int"
@@ -96,9 +99,12 @@ class IntParam:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.step < 1:
             raise ValueError("step must be a positive integer")
+        if (self.high - self.low) % self.step:
+            # Optuna would narrow the range with a warning; the float case is refused too.
+            raise ValueError(f"step {self.step} does not divide high - low ({self.high - self.low})")
         if self.log and (self.low < 1 or self.step != 1):
             raise ValueError("a log-scale int parameter needs low >= 1 and step 1")
-        if self.default is not None and self.default not in self.values():
+        if self.default is not None and not self.contains(self.default):
             raise ValueError(f"default {self.default} is not in range({self.low}, {self.high} + 1, {self.step})")
         _check_when(self.when)
 
@@ -110,6 +116,10 @@ class IntParam:
 
     def values(self) -> list[int]:
         return list(range(self.low, self.high + 1, self.step))
+
+    def contains(self, value: Any) -> bool:
+        """Whether `value` is on the grid, without listing it (a range can be huge)."""
+        return value in range(self.low, self.high + 1, self.step)
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,9 @@ class CategoricalParam:
     def __post_init__(self):
         if not self.choices:
             raise ValueError("choices is empty")
+        if len(self.choices) > MAX_CHOICES:
+            raise ValueError(f"{len(self.choices)} choices; at most {MAX_CHOICES} (a range of numbers is an int "
+                             "or float parameter)")
         if len(set(map(repr, self.choices))) != len(self.choices):
             raise ValueError("choices has duplicates")
         if self.default is not None and self.default not in self.choices:
@@ -200,6 +213,8 @@ class Space:
         """The smallest and largest number of blocks a per-block count path can take."""
         if path in self.params:
             spec = self.params[path]
+            if isinstance(spec, IntParam):  # its range, without listing it
+                return spec.low, spec.high
             values = spec.values() if hasattr(spec, "values") else []
             ints = [int(v) for v in values]
             return min(ints), max(ints)
@@ -271,26 +286,33 @@ class Space:
 
 def dependency_order(params: dict[str, ParamSpec]) -> list[str]:
     """Stable topological order of parameter paths by their `when` and `per_block` links.
-    Raises ValueError naming the parameters in a cycle."""
+    Raises ValueError naming the parameters in a cycle.
+
+    A depth-first walk with an explicit stack and sets: linear in the number of parameters
+    and links, and no recursion limit for a long chain of conditions."""
     deps = {
         path: [d for d in list(spec.when) + ([spec.per_block] if spec.per_block else []) if d in params]
         for path, spec in params.items()
     }
-    done: list[str] = []
-    visiting: list[str] = []
-
-    def visit(path: str) -> None:
-        if path in done:
-            return
-        if path in visiting:
-            cycle = visiting[visiting.index(path):] + [path]
-            raise ValueError("parameters depend on each other in a cycle: " + " -> ".join(cycle))
-        visiting.append(path)
-        for dep in deps[path]:
-            visit(dep)
-        visiting.pop()
-        done.append(path)
-
-    for path in params:
-        visit(path)
-    return done
+    done: dict[str, None] = {}  # insertion-ordered set: the order
+    for root in params:
+        if root in done:
+            continue
+        path_stack: list[str] = [root]  # the chain being visited, for the cycle's message
+        on_path = {root}
+        todo = [iter(deps[root])]
+        while todo:
+            dep = next(todo[-1], None)
+            if dep is None:
+                todo.pop()
+                finished = path_stack.pop()
+                on_path.discard(finished)
+                done[finished] = None
+            elif dep in on_path:
+                cycle = path_stack[path_stack.index(dep):] + [dep]
+                raise ValueError("parameters depend on each other in a cycle: " + " -> ".join(cycle))
+            elif dep not in done:
+                path_stack.append(dep)
+                on_path.add(dep)
+                todo.append(iter(deps[dep]))
+    return list(done)

@@ -20,6 +20,7 @@ run uses.
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import re
 from dataclasses import asdict, dataclass
@@ -65,8 +66,55 @@ class Spec:
 # --------------------------------------------------------------------------- YAML
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-4` as a string; this loader reads it as the float a user meant."""
+# A space file is a page of settings (the shipped ones are 1-3 kB with up to ~20
+# parameters). Larger input is refused before it is parsed: parsing and validation take
+# time and memory in proportion to it (1 MB of 22,000 parameters: 2-9 s on the shared
+# 2-core machine; loading is linear in the file, it was quadratic before: 38 s).
+MAX_FILE_BYTES = 1_000_000
+MAX_PARAMS = 1000  # searched parameters; a per-block one counts once
+MAX_BLOCKS = 100  # the largest per-block count a parameter may be repeated for
+MAX_DEPTH = 32  # nested mappings and lists (params.P.when.Q: [...] is 5 deep)
+
+
+# libyaml's parser where PyYAML was built with it: the pure-Python one took 4.7 s for a
+# 0.8 MB file of 10,000 parameters here, libyaml 1.6 s (the same run, the machine loaded).
+# Both share the constructor below.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):
+    """A YAML loader for space files: YAML 1.1 reads `1e-4` as a string, this one reads the
+    float a user meant; a key given twice in one mapping is an error (YAML keeps the last
+    silently, so a second `train:` section would win unseen); an integer too long for
+    Python to read (over 4,300 digits) is an error with its place, not a traceback."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may override on purpose
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: the base constructor says why
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given on line {first}; YAML would keep "
+                                    "the last silently)", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node):
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # Python's int-string limit (sys.get_int_max_str_digits)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(node.value)} characters is too long to be a setting",
+                node.start_mark) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
 _Loader.add_implicit_resolver(
@@ -78,13 +126,39 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str, where: str) -> Any:
+    # Python's cyclic garbage collector walks every live object each time enough new ones
+    # pile up; a parse allocates only acyclic nodes and values, and with the collector on,
+    # parsing grew faster than the file (1.6 MB of 20,000 parameters: 4.3 s, 1.6 s without).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
+        _check_depth(text, where)
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or first_line(err)
         raise UsageError(f"{where}{at}: invalid YAML: {problem}") from None
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _check_depth(text: str, where: str) -> None:
+    """Refuse collections nested deeper than MAX_DEPTH before they are built: PyYAML builds
+    nested collections recursively, and libyaml's builder then overflows the C stack (a
+    segmentation fault, measured with `[[[...]]]` and `- - - ...` 300,000 deep). The event
+    stream is flat, so it is read up to the first level too deep and no further."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1
+                raise UsageError(f"{where}:{line}: invalid YAML: collections nested over {MAX_DEPTH} deep "
+                                 "(a space file needs about 5)")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 # --------------------------------------------------------------------------- loading
@@ -167,6 +241,10 @@ def load_spec(source: str | Path | Mapping[str, Any] | Spec, overrides: dict[str
     else:
         where = str(source)
         try:
+            size = Path(source).stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise UsageError(f"{where}: {size:,} bytes; a space file is at most {MAX_FILE_BYTES:,} bytes "
+                                 "(refused before parsing it)")
             text = Path(source).read_text()
         except FileNotFoundError:
             raise UsageError(f"{where}: no such space file") from None
@@ -175,6 +253,10 @@ def load_spec(source: str | Path | Mapping[str, Any] | Spec, overrides: dict[str
         raw = parse_yaml(text, where)
     if not isinstance(raw, Mapping):
         raise UsageError(f"{where}: a space file is a mapping with at least `name` and `model`")
+    params = raw.get("params")
+    if isinstance(params, Mapping) and len(params) > MAX_PARAMS:
+        raise UsageError(f"{where}: params: {len(params):,} parameters; a space searches at most {MAX_PARAMS:,} "
+                         "(each is sampled, validated and logged per trial)")
     raw = copy.deepcopy(_plain(raw))
     # `--set` fixes a value; a searched parameter that is --set is no longer searched.
     for key, value in (overrides or {}).items():
@@ -251,9 +333,8 @@ def _check_params(where: str, raw: dict, spec_file: SpaceFile) -> Space:
                 fail(f"{path}.when", f"{parent!r} is not a parameter of this space")
             if params[parent].per_block:
                 fail(f"{path}.when", f"{parent!r} is per-block; conditions need a single value")
-            parent_values = _finite_values(params[parent])
             for value in allowed:
-                if parent_values is not None and value not in parent_values:
+                if not _can_take(params[parent], value):
                     fail(f"{path}.when.{parent}", f"{value!r} is not a value {parent!r} can take")
         if spec.per_block:
             count = spec.per_block
@@ -261,9 +342,10 @@ def _check_params(where: str, raw: dict, spec_file: SpaceFile) -> Space:
                 if params[count].when:
                     fail(f"{path}.per_block", f"{count!r} is conditional (has `when`); a block count must "
                                               "exist in every trial")
-                values = _finite_values(params[count])
-                if params[count].per_block or values is None or not all(
-                        isinstance(v, int) and not isinstance(v, bool) for v in values):
+                counter = params[count]
+                if counter.per_block or not (isinstance(counter, IntParam) or (
+                        isinstance(counter, CategoricalParam) and all(
+                            isinstance(v, int) and not isinstance(v, bool) for v in counter.choices))):
                     fail(f"{path}.per_block", f"{count!r} must be an int or a choice of ints")
             else:
                 fixed = _lookup(raw, count)
@@ -280,21 +362,28 @@ def _check_params(where: str, raw: dict, spec_file: SpaceFile) -> Space:
     space = Space(params=dict(params), fixed_counts=fixed_counts)
 
     # Try every candidate (each choice; low and high) in the config it sets, so that
-    # `model.block: {choices: [conv-foo]}` fails now, not in trial 37.
-    for path, spec in params.items():
+    # `model.block: {choices: [conv-foo]}` fails now, not in trial 37. Each try copies the
+    # config sections alone, never `params`: copying the whole file per candidate made
+    # loading quadratic in the number of parameters (a 1 MB file of 20,000 took 7.7 s).
+    # Per-block parameters come last, so that their count is known to be valid.
+    sections = {key: raw[key] for key in (*SECTIONS, "objective") if key in raw}
+    for path, spec in sorted(params.items(), key=lambda item: item[1].per_block is not None):
+        counts = [None]
+        if spec.per_block:
+            low, high = space.count_range(spec.per_block)
+            if high > MAX_BLOCKS:
+                fail(f"{path}.per_block", f"{spec.per_block!r} can be {high}; a per-block parameter is "
+                                          f"repeated for at most {MAX_BLOCKS} blocks")
+            counts = list(range(low, high + 1))
         for k, candidate in enumerate(spec.candidates()):
-            counts = [None]
-            if spec.per_block:
-                counts = list(range(space.count_range(spec.per_block)[0], space.count_range(spec.per_block)[1] + 1))
             for count in counts:
-                trial_raw = copy.deepcopy(raw)
+                trial_raw = copy.deepcopy(sections)
                 value = candidate if count is None else [candidate] * count
                 set_path(trial_raw, path, value)
                 if count is not None:
                     set_path(trial_raw, spec.per_block, count)
                 try:
-                    _RUN_CONFIG.validate_python({s: trial_raw.get(s, {}) for s in (*SECTIONS, "objective")
-                                                 if s in trial_raw})
+                    _RUN_CONFIG.validate_python(trial_raw)
                 except ValidationError as err:
                     loc, msg = _first_error(err)
                     which = f"choices[{k}]" if isinstance(spec, CategoricalParam) else ("low", "high")[k]
@@ -304,12 +393,13 @@ def _check_params(where: str, raw: dict, spec_file: SpaceFile) -> Space:
     return space
 
 
-def _finite_values(spec) -> list | None:
+def _can_take(spec, value) -> bool:
+    """Whether a parameter can take `value` (a float parameter: any value in its range)."""
     if isinstance(spec, CategoricalParam):
-        return list(spec.choices)
+        return value in spec.choices
     if isinstance(spec, IntParam):
-        return spec.values()
-    return None
+        return spec.contains(value)
+    return True
 
 
 def _lookup(tree: dict, path: str) -> Any:
@@ -351,12 +441,21 @@ def resolve(spec: Spec, values: dict[str, Any]) -> RunConfig:
     records that trial as failed and goes on)."""
     raw = copy.deepcopy(spec.raw)
     for path, value in values.items():
-        set_path(raw, path, value)
+        set_path(raw, path, _python(value))
     try:
         return _RUN_CONFIG.validate_python({s: raw[s] for s in (*SECTIONS, "objective") if s in raw})
     except ValidationError as err:
         loc, msg = _first_error(err)
         raise ValueError(f"invalid combination: {loc}: {msg}") from None
+
+
+def _python(value: Any) -> Any:
+    """A sampled value as the Python scalar (or list) the strict records take: an engine
+    may hand numpy scalars (Keras Tuner's oracles compute with numpy)."""
+    if isinstance(value, (list, tuple)):
+        return [_python(v) for v in value]
+    item = getattr(value, "item", None)
+    return item() if callable(item) and type(value).__module__ == "numpy" else value
 
 
 def config_dict(config: RunConfig) -> dict:

@@ -72,18 +72,41 @@ def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         data, labels = _key(batch, "data"), _key(batch, "labels")
     except KeyError as err:
         raise UsageError(f"{path}: not a CIFAR-10 batch (no {err.args[0]!r} entry)") from None
-    data = np.asarray(data)
-    labels = np.asarray(labels)
+    try:
+        data, labels = np.asarray(data), np.asarray(labels)
+    except ValueError:  # ragged lists: no array shape at all
+        raise UsageError(f"{path}: not a CIFAR-10 batch (ragged data or labels)") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise UsageError(f"{path}: images have shape {data.shape} and dtype {data.dtype}, "
                          "expected (N, 3072) uint8")
-    if labels.shape != (data.shape[0],):
-        raise UsageError(f"{path}: {labels.size} labels for {data.shape[0]} images")
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise UsageError(f"{path}: labels outside 0..9 (found {labels.min()}..{labels.max()})")
+    _check_labels(path, labels, data.shape[0])
     # Stored channel-first (3 planes of 32x32); Keras wants NHWC.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+def _check_labels(path: Path, labels: np.ndarray, images: int) -> None:
+    """Labels are integers 0..9, one per image. Anything else is refused here, naming the
+    file: cast to int64 on the way to the model, a NaN or 3.7 would silently become some
+    class (NumPy only warns), and byte strings would fail deep inside training."""
+    if labels.shape != (images,):
+        raise UsageError(f"{path}: {labels.size} labels for {images} images")
+    if not labels.size:
+        return
+    if labels.dtype == object or not (np.issubdtype(labels.dtype, np.integer) or
+                                      np.issubdtype(labels.dtype, np.floating)):
+        sample = labels.ravel()[0]
+        sample = sample.item() if isinstance(sample, np.generic) else sample  # b'cat', not np.bytes_(b'cat')
+        raise UsageError(f"{path}: labels must be integers 0..9, found {type(sample).__name__} values "
+                         f"(e.g. {sample!r:.40})")
+    if np.issubdtype(labels.dtype, np.floating):
+        bad = labels[~np.isfinite(labels) | (labels != np.round(labels))]
+        if bad.size:
+            raise UsageError(f"{path}: labels must be integers 0..9, found {bad.size} that are not "
+                             f"(e.g. {bad[0].item()!r})")
+    low, high = labels.min(), labels.max()
+    if low < 0 or high >= NUM_CLASSES:
+        raise UsageError(f"{path}: labels outside 0..9 (found {low:g}..{high:g})")
 
 
 def _read_label_names(folder: Path) -> tuple[str, ...]:
@@ -93,9 +116,10 @@ def _read_label_names(folder: Path) -> tuple[str, ...]:
     try:
         meta = restricted_load(path.read_bytes())
         names = _key(meta, "label_names")
+        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
     except (UnsafePickle, KeyError, Exception) as err:
-        raise UsageError(f"{path}: not a readable CIFAR-10 meta file ({err})") from None
-    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+        raise UsageError(f"{path}: not a readable CIFAR-10 meta file ({err.__class__.__name__}: "
+                         f"{str(err)[:120]})") from None
     if len(names) != NUM_CLASSES:
         raise UsageError(f"{path}: {len(names)} label names, expected {NUM_CLASSES}")
     return names

@@ -107,6 +107,9 @@ def _check_database(uri: str, flag: str) -> None:
     if scheme in ("http", "https", "databricks"):
         raise UsageError(f"{flag} {urls.redact(uri)}: that is a server already; open it in a browser "
                          f"(blocksweep ui serves a database)")
+    # A database that does not answer (or does not exist) is refused in seconds; the MLflow
+    # server would retry for minutes before exiting (measured: over 90 s, with no line).
+    urls.check_reachable(uri, flag, "MLflow store" if flag == "--backend-store-uri" else "study storage")
     if scheme == "sqlite":
         path = urls.sqlite_path(uri)
         if path is None:

@@ -34,8 +34,9 @@ def mlflow_url() -> str:
 
 
 def optuna_url() -> str:
-    """The embedded study storage: sqlite:///<abs>/mlruns/optuna.db (the folder created)."""
-    STORE.mkdir(parents=True, exist_ok=True)
+    """The embedded study storage: sqlite:///<abs>/mlruns/optuna.db. Naming it creates
+    nothing: the folder is made when the storage is first opened (under its schema lock,
+    `urls.exclusive`), so a command refused before that leaves no mlruns/ behind."""
     return f"sqlite:///{(STORE / OPTUNA_DB).resolve()}"
 
 
@@ -49,6 +50,21 @@ def cache_dir(name: str) -> Path:
     path = STORE / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cannot_create(path: Path) -> str | None:
+    """Why the folder `path` cannot be created (or used), or None when it can: checked
+    before anything is written, so that a command refused for it leaves nothing behind.
+    The nearest existing ancestor must be a writable folder, not a file."""
+    path = Path(path).absolute()
+    for ancestor in (path, *path.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                return f"{ancestor} is a file, not a folder"
+            if ancestor != path and not os.access(ancestor, os.W_OK | os.X_OK):
+                return f"{ancestor} is not writable"
+            return None
+    return None
 
 
 @contextlib.contextmanager

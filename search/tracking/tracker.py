@@ -450,6 +450,7 @@ class Tracker:
         command run in the wrong folder leaves no mlruns/ behind."""
         self.uri = uri or default_tracking_uri()
         urls.check_driver(self.uri, "--tracking-uri")
+        urls.check_reachable(self.uri, "--tracking-uri", "MLflow store")  # seconds, not MLflow's minutes of retries
         db = urls.sqlite_path(self.uri)
         if not create and db is not None and not db.exists():
             raise UsageError(f"no sweeps in {self.uri}: no such MLflow database; run `blocksweep run SPACE.yaml` "

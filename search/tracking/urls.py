@@ -82,6 +82,85 @@ def check_driver(url: Optional[str], flag: str) -> None:
                          f"{install}") from None
 
 
+# How long a store may take to answer its first contact. A server or database that is up
+# answers in milliseconds; without this probe MLflow's HTTP client retries for minutes
+# (measured: an MLflow URL with nothing listening was reported after 255 s) and SQLAlchemy
+# waits for the operating system's TCP timeout.
+PROBE_SECONDS = 5.0
+
+
+def check_reachable(url: Optional[str], flag: str, what: str = "database",
+                    seconds: float = PROBE_SECONDS) -> None:
+    """A store that does not answer is bad input, refused in one line within `seconds` and
+    before anything is created: an MLflow server (http, https) must answer its health
+    check (`GET /health`); a PostgreSQL or MySQL database must accept a connection. Local
+    SQLite files are checked by `check_local`; other URLs pass (their opener says why)."""
+    if not url:
+        return
+    scheme = kind(url)
+    if scheme in ("http", "https"):
+        _probe_server(url, flag, seconds)
+    elif scheme in ("postgresql", "mysql"):
+        _probe_database(url, flag, what, seconds)
+
+
+def _probe_server(url: str, flag: str, seconds: float) -> None:
+    import socket
+    import urllib.error
+    import urllib.request
+
+    health = url.rstrip("/") + "/health"  # MLflow's server: 200 "OK" once it serves
+    try:
+        with urllib.request.urlopen(health, timeout=seconds):
+            return
+    except urllib.error.HTTPError as err:
+        # 401/403: a server behind a login answered, reachable. 404: something answers
+        # there, but no MLflow server (every one serves /health); 5xx: a proxy whose
+        # server is down, or a server that cannot reach its own database.
+        if err.code == 404 or err.code >= 500:
+            raise UsageError(f"{flag} {redact(url)}: GET {redact(health)} answered HTTP {err.code}: no working "
+                             "MLflow server there; start one (`blocksweep ui` or `mlflow server`) or correct "
+                             "the address") from None
+        return
+    except (urllib.error.URLError, socket.timeout, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise UsageError(f"{flag} {redact(url)}: no MLflow server answers there ({reason}; waited at most "
+                         f"{seconds:g} s); start one (`blocksweep ui` or `mlflow server`) or correct the "
+                         "address") from None
+
+
+def _probe_database(url: str, flag: str, what: str, seconds: float) -> None:
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    from search.errors import first_line
+
+    try:
+        # Every PostgreSQL and MySQL driver SQLAlchemy uses takes `connect_timeout` in seconds.
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool,
+                                          connect_args={"connect_timeout": max(1, round(seconds))})
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except Exception as err:  # refused, unknown host, no such database, bad password
+        detail = first_line(getattr(err, "orig", None) or err).replace(url, redact(url))
+        raise UsageError(f"{flag} {redact(url)}: cannot open the {what} ({detail})") from None
+
+
+def check_local(url: Optional[str], flag: str) -> None:
+    """A local SQLite store's folder must be creatable (nothing is created here)."""
+    path = sqlite_path(url) if url else None
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{flag} {url}: {path} is a folder, not a database file")
+    why = store.cannot_create(path.parent)
+    if why:
+        raise UsageError(f"{flag} {url}: cannot create the database there ({why})")
+
+
 def lock_key(name: str) -> int:
     """A stable 60-bit integer for a lock name (fits PostgreSQL's bigint advisory keys)."""
     return int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
