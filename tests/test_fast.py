@@ -488,8 +488,8 @@ def test_recipe_misconfigurations_are_one_line_errors(overrides, words):
 ])
 def test_the_standard_trainer_refuses_what_only_the_recipe_does(overrides, words):
     with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)")):
-        load_spec(REPO / "spaces" / "quickstart.yaml", overrides)
-    assert load_spec(REPO / "spaces" / "quickstart.yaml", {"train.epochs": 3.0}).file.train.epochs == 3
+        load_spec(REPO / "spaces" / "vgg_blocks.yaml", overrides)
+    assert load_spec(REPO / "spaces" / "vgg_blocks.yaml", {"train.epochs": 3.0}).file.train.epochs == 3
 
 
 def test_a_sweep_never_selects_on_the_test_set(tmp_path):
