@@ -17,7 +17,9 @@ For each precision, one network is built and three ways of training it take turn
   batch (no augmentation, no lookahead): the arithmetic alone.
 
 Taking turns spreads a shared machine's load over the three alike; the load average is
-recorded with every timing. Peak: cores x AVX-512 FMA units per core x 2 (multiply and
+recorded with every timing, and so are the process's CPU seconds (images per CPU-second x
+cores: what the work would run at with the cores to itself, an estimate a shared
+machine's load barely moves). Peak: cores x AVX-512 FMA units per core x 2 (multiply and
 add) x 16 fp32 lanes x clock (GHz), from lscpu; FLOPs per training image: 3 x the forward
 multiply-adds x 2 of every convolution and dense layer (the backward pass costs two
 forwards). Writes bench/results/cpu_throughput-DATE.json and prints a markdown table.
@@ -176,9 +178,15 @@ def measure(config, splits, steps: int, rounds: int) -> dict:
         gflops = training_gflops(model)
         result = {"batch_size": b, "steps": steps, "images": images, "warm_up_seconds": round(warm, 1),
                   "gflop_per_training_image": round(gflops, 5), "timings": timings}
+        cores = len(os.sched_getaffinity(0))
         for name, runs in timings.items():
             rate = statistics.median(r["images_per_second"] for r in runs)
-            result[name] = {"images_per_second": rate, "gflops": round(rate * gflops, 1)}
+            # What the same work would take with every core to itself: the process's CPU
+            # seconds spread over the cores (an estimate that a shared machine's load
+            # barely moves; on an idle machine the wall-time rate should come close).
+            idle = statistics.median(images / (r["cpu_seconds"] / cores) for r in runs)
+            result[name] = {"images_per_second": rate, "gflops": round(rate * gflops, 1),
+                            "images_per_cpu_second_x_cores": round(idle, 1)}
         # paired: each round's trainer against the fit and step timed next to it
         result["trainer_vs_fit"] = round(statistics.median(
             t["images_per_second"] / f["images_per_second"] for t, f in zip(timings["trainer"], timings["fit"])), 3)
@@ -232,15 +240,16 @@ def main() -> None:
 
     print(f"\n{started:%Y-%m-%d %H:%M} UTC, {machine['cpu']}, {machine['formula']} = "
           f"{machine['peak_fp32_gflops']} GFLOP/s fp32 peak; {summary['uptime_before']}")
-    print("| precision | way | images/s (median) | GFLOP/s | share of peak | trainer / this |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| precision | way | images/s (median) | GFLOP/s | share of peak | trainer / this | "
+          "images per CPU-second x cores |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for precision, r in results.items():
         top = machine["peak_bf16_gflops"] if precision == "mixed_bfloat16" and machine["peak_bf16_gflops"] else \
             machine["peak_fp32_gflops"]
         for name in ("trainer", "fit", "step"):
             ratio = {"trainer": 1.0, "fit": r["trainer_vs_fit"], "step": r["trainer_vs_step"]}[name]
             print(f"| {precision} | {name} | {r[name]['images_per_second']:,.0f} | {r[name]['gflops']} | "
-                  f"{r[name]['gflops'] / top:.0%} | {ratio:.2f}x |")
+                  f"{r[name]['gflops'] / top:.0%} | {ratio:.2f}x | {r[name]['images_per_cpu_second_x_cores']:,.0f} |")
     print(f"\nwritten: {path}")
 
 
