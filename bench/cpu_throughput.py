@@ -14,7 +14,10 @@ For each precision, one network is built and three ways of training it take turn
 - fit: a bare `model.fit` of the same compiled Keras model (logits, RecipeSGD, the loss)
   over the same number of already augmented images (NumPy arrays), no callbacks;
 - step: a bare `tf.function` of forward, loss, gradients and RecipeSGD on one resident
-  batch (no augmentation, no lookahead): the arithmetic alone.
+  batch (no augmentation, no lookahead): the arithmetic alone;
+- keras_path: the recipe's Keras fit path (`train.airbench.path: keras`, what TensorFlow
+  ran before the compiled trainer): the epoch augmented in NumPy, fit with the lookahead
+  and loss callbacks.
 
 Taking turns spreads a shared machine's load over the three alike; the load average is
 recorded with every timing, and so are the process's CPU seconds (images per CPU-second x
@@ -124,6 +127,7 @@ def measure(config, splits, steps: int, rounds: int) -> dict:
     import numpy as np
     import tensorflow as tf
 
+    from search.training.airbench.keras_path import KerasTrainer
     from search.training.airbench.recipe import augment, smoothed_cross_entropy
     from search.training.airbench.tensorflow_path import TensorFlowTrainer
     from search.training.components import trial_setup
@@ -150,8 +154,17 @@ def measure(config, splits, steps: int, rounds: int) -> dict:
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return loss
 
+        # the Keras fit path (`train.airbench.path: keras`): the same network, its epoch
+        # augmented in NumPy, fit with the lookahead and loss callbacks
+        keras_fit = KerasTrainer(config, splits, net=trainer.net)
+
         def run_trainer():
             trainer.read_train(trainer.train_steps(plan, labels, 0, steps))
+
+        def run_keras_path():  # its NumPy augmentation of the images these steps train on
+            index, offsets, flips = (a[:images] for a in keras_fit.epoch_plan(0))
+            x = augment(np, keras_fit.padded, index, offsets, flips, splits.x_train.shape[1])
+            keras_fit.read_train(keras_fit.train_steps(x, keras_fit.labels[index], 0, steps))
 
         def run_fit():
             model.fit(x_fit, y_fit, batch_size=b, epochs=1, shuffle=False, verbose=0)
@@ -161,11 +174,12 @@ def measure(config, splits, steps: int, rounds: int) -> dict:
                 loss = bare_step(xb, yb)
             float(loss)
 
-        ways = {"trainer": run_trainer, "fit": run_fit, "step": run_step}
+        ways = {"trainer": run_trainer, "fit": run_fit, "step": run_step, "keras_path": run_keras_path}
         warm = time.perf_counter()
         trainer.read_train(trainer.train_steps(plan, labels, 0, 2))  # first calls: graph optimisation
         model.fit(x_fit[:2 * b], y_fit[:2 * b], batch_size=b, epochs=1, shuffle=False, verbose=0)
         bare_step(xb, yb)
+        keras_fit.train_steps(x_fit, y_fit, 0, 2)
         warm = time.perf_counter() - warm
         timings = {name: [] for name in ways}
         for _ in range(rounds):
@@ -190,6 +204,9 @@ def measure(config, splits, steps: int, rounds: int) -> dict:
         # paired: each round's trainer against the fit and step timed next to it
         result["trainer_vs_fit"] = round(statistics.median(
             t["images_per_second"] / f["images_per_second"] for t, f in zip(timings["trainer"], timings["fit"])), 3)
+        result["trainer_vs_keras_path"] = round(statistics.median(
+            t["images_per_second"] / k["images_per_second"]
+            for t, k in zip(timings["trainer"], timings["keras_path"])), 3)
         result["trainer_vs_step"] = round(statistics.median(
             t["images_per_second"] / s["images_per_second"] for t, s in zip(timings["trainer"], timings["step"])), 3)
         return result
@@ -246,8 +263,9 @@ def main() -> None:
     for precision, r in results.items():
         top = machine["peak_bf16_gflops"] if precision == "mixed_bfloat16" and machine["peak_bf16_gflops"] else \
             machine["peak_fp32_gflops"]
-        for name in ("trainer", "fit", "step"):
-            ratio = {"trainer": 1.0, "fit": r["trainer_vs_fit"], "step": r["trainer_vs_step"]}[name]
+        for name in ("trainer", "fit", "step", "keras_path"):
+            ratio = {"trainer": 1.0, "fit": r["trainer_vs_fit"], "step": r["trainer_vs_step"],
+                     "keras_path": r["trainer_vs_keras_path"]}[name]
             print(f"| {precision} | {name} | {r[name]['images_per_second']:,.0f} | {r[name]['gflops']} | "
                   f"{r[name]['gflops'] / top:.0%} | {ratio:.2f}x | {r[name]['images_per_cpu_second_x_cores']:,.0f} |")
     print(f"\nwritten: {path}")
