@@ -1,6 +1,7 @@
 """The recipe through Keras `fit`, on any backend (`train.airbench.path: keras`, and the
-recipe's path on TensorFlow and torch): the same optimiser, schedule, augmentation,
-lookahead and TTA as the fused JAX trainer, one `fit` epoch at a time.
+recipe's path on torch; TensorFlow runs tensorflow_path.py, built on this class): the same
+optimiser, schedule, augmentation, lookahead and TTA as the fused JAX trainer, one `fit`
+epoch at a time.
 """
 
 from __future__ import annotations
