@@ -488,8 +488,8 @@ def test_recipe_misconfigurations_are_one_line_errors(overrides, words):
 ])
 def test_the_standard_trainer_refuses_what_only_the_recipe_does(overrides, words):
     with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)")):
-        load_spec(REPO / "spaces" / "quickstart.yaml", overrides)
-    assert load_spec(REPO / "spaces" / "quickstart.yaml", {"train.epochs": 3.0}).file.train.epochs == 3
+        load_spec(REPO / "spaces" / "vgg_blocks.yaml", overrides)
+    assert load_spec(REPO / "spaces" / "vgg_blocks.yaml", {"train.epochs": 3.0}).file.train.epochs == 3
 
 
 def test_a_sweep_never_selects_on_the_test_set(tmp_path):
@@ -696,3 +696,57 @@ def test_fused_path_under_jax_runs_a_sweep_and_its_model_loads_under_tensorflow(
     summary = json.loads(done.stdout)
     assert summary["state"] == "completed" and summary["metric"] == "val_tta_accuracy"
     assert 0 <= summary["objective"] <= 1 and 0 <= summary["test_tta_accuracy"] <= 1
+
+
+def test_crops_in_the_graph_are_the_numpy_augmentation():
+    """tensorflow_path.crops (unpadded images, cut inside the step) gives recipe.augment's
+    crops (from padded images, on the host) for the same indices, offsets and flips."""
+    import tensorflow as tf
+
+    from search.training.airbench.tensorflow_path import crops
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 6, 6, 3)).astype(np.float32)
+    index = np.array([4, 0, 2, 2, 1])
+    offsets = rng.integers(0, 5, size=(5, 2))
+    flips = np.array([True, False, True, False, True])
+    want = recipe.augment(np, recipe.pad_reflect(np, x, 2), index, offsets, flips, 6)
+    got = crops(tf.constant(x), tf.constant(index, tf.int32), tf.constant(offsets, tf.int32), tf.constant(flips), 2)
+    np.testing.assert_array_equal(got.numpy(), want)
+    assert not np.array_equal(want[0], x[4])  # shifted and flipped: the test can fail
+
+
+def test_the_compiled_tensorflow_step_trains_as_keras_fit(tiny_splits):
+    """The TensorFlow trainer (one tf.function per step, crops cut in the graph, lookahead
+    in the graph) against the Keras fit path, from the same weights on the same batches:
+    2.6 epochs of 4 steps = 11 steps, the lookahead syncing at steps 5 and 10, the
+    whitening bias frozen after step 8, then the final lookahead. The learning rate is a
+    third of the recipe's, as in tests/airbench_paths.py (at 1.5 so small a trial is
+    chaotic and float32 rounding alone carries two runs apart)."""
+    import keras
+
+    from search import models
+    from search.training.airbench.tensorflow_path import TensorFlowTrainer
+    from search.training.components import build_model, trial_setup
+
+    config = tiny_recipe(epochs=2.6, learning_rate=0.5, whiten_bias_epochs=2)
+    with trial_setup(config):
+        net = build_model(config, tiny_splits)
+        twin = models.build_model(config.model, tiny_splits.input_shape, tiny_splits.num_classes)
+        twin.set_weights(net.get_weights())
+        compiled = TensorFlowTrainer(config, tiny_splits, net=net)
+        plain = keras_path.KerasTrainer(config, tiny_splits, net=twin)
+        assert compiled.total_steps == 11
+        for epoch, count in enumerate(airbench_epochs.epoch_steps(4, 11)):
+            losses_c, right_c = compiled.read_train(compiled.train_steps(*compiled.epoch_data(epoch), 0, count))
+            losses_k, right_k = plain.read_train(plain.train_steps(*plain.epoch_data(epoch), 0, count))
+            np.testing.assert_allclose(losses_c, losses_k, rtol=1e-5)
+            assert right_c == pytest.approx(right_k)
+        compiled.finish_lookahead()
+        plain.finish_lookahead()
+        for a, b, w in zip(compiled.export().weights, plain.export().weights, net.weights):
+            a, b = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+            assert np.max(np.abs(a - b), initial=0) <= 1e-5 * np.max(np.abs(b), initial=0) + 1e-7, w.path
+        for split in ("val", "test"):
+            ours, theirs = compiled.read_eval(compiled.evaluate(split)), plain.read_eval(plain.evaluate(split))
+            assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)

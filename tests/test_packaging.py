@@ -25,7 +25,8 @@ SETUP.read(REPO / "setup.cfg")
 # extra's path loads, so the core install imports every other module.
 EXTRA_MODULES = {"tensorflow", "jax", "torch", "psycopg", "psycopg2", "cmaes", "tf2onnx", "onnx", "onnxruntime",
                  "optuna_dashboard", "pynvml"}
-LOADED_ONLY_UNDER_JAX = {"search/training/airbench/fused.py"}  # the fused trainer: the JAX backend's own path
+LOADED_ONLY_UNDER_THEIR_BACKEND = {"search/training/airbench/fused.py",  # the fused trainer: the JAX backend's own path
+                                    "search/training/airbench/tensorflow_path.py"}  # TensorFlow's compiled step
 # Imported directly but declared by the library that needs it: Keras Tuner's distributed
 # mode runs on grpcio, which keras-tuner itself requires.
 BROUGHT_BY = {"grpcio": "keras-tuner"}
@@ -81,7 +82,8 @@ def test_every_library_the_package_imports_is_declared():
                 if not dists & everything and not any(BROUGHT_BY.get(d) in everything for d in dists):
                     undeclared.setdefault(top, path.relative_to(REPO))
                 relative = str(path.relative_to(REPO))
-                if top in EXTRA_MODULES and id(node) in module_level and relative not in LOADED_ONLY_UNDER_JAX:
+                own_path = relative in LOADED_ONLY_UNDER_THEIR_BACKEND
+                if top in EXTRA_MODULES and id(node) in module_level and not own_path:
                     top_level.append(f"{relative}: {name}")
     assert not undeclared, f"imported but in no requirement of setup.cfg: {undeclared}"
     assert not top_level, f"an extra's library imported at module level: {top_level}"

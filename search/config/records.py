@@ -216,7 +216,8 @@ class AirbenchRecipe:
     # last_epoch: only at the end, as airbench times itself (no pruning).
     validate: Literal["every_epoch", "last_epoch"] = "every_epoch"
     # fused: the jitted JAX loop (search/training/airbench/fused.py, JAX backend only); keras: Keras fit on
-    # any backend (slower); auto: fused under JAX, else keras.
+    # any backend (slower); auto: fused under JAX, the compiled step under TensorFlow
+    # (search/training/airbench/tensorflow_path.py), else keras.
     path: Literal["auto", "fused", "keras"] = "auto"
     # Training steps per dispatch of the fused loop (None: one epoch per dispatch).
     steps_per_dispatch: Optional[Int] = Field(None, ge=1)

@@ -54,7 +54,8 @@ class LossWindow:
 
 
 def run_epochs(trainer, config, *, report=None, on_epoch=None, progress=None) -> TrialResult:
-    """Train through `trainer` (fused.FusedTrainer or keras_path.KerasTrainer) epoch by epoch:
+    """Train through `trainer` (fused.FusedTrainer, tensorflow_path.TensorFlowTrainer or
+    keras_path.KerasTrainer) epoch by epoch:
     each epoch is `trainer.train_steps(*trainer.epoch_data(epoch), 0, steps)`.
 
     An asynchronous trainer (the fused JAX loop) gets epoch e+1 enqueued before epoch e's

@@ -1,10 +1,12 @@
 """The recipe through Keras `fit`, on any backend (`train.airbench.path: keras`, and the
-recipe's path on TensorFlow and torch): the same optimiser, schedule, augmentation,
-lookahead and TTA as the fused JAX trainer, one `fit` epoch at a time.
+recipe's path on torch; TensorFlow runs tensorflow_path.py, built on this class): the same
+optimiser, schedule, augmentation, lookahead and TTA as the fused JAX trainer, one `fit`
+epoch at a time.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Optional
 
@@ -143,16 +145,23 @@ class KerasTrainer:
         self.step_losses = _StepLosses()
         aug = config.data.augment
         self.translate, self.flip = aug.translate, aug.flip
-        self.padded = pad_reflect(np, splits.x_train, self.translate)
         self.labels = int_labels(splits.y_train)
         self.pattern = flip_pattern(len(self.labels), config.train.seed)
         self.rng = np.random.default_rng(config.train.seed + 1)
         self.setup_seconds = time.perf_counter() - started
         self.compile_seconds = 0.0  # Keras compiles inside the first fit
 
-    def epoch_data(self, epoch: int):
-        """The epoch's `batch * steps_per_epoch` augmented training images and labels, in
-        step order."""
+    @functools.cached_property
+    def padded(self) -> np.ndarray:
+        """The training images, reflect-padded once (on first use: a trainer that cuts
+        its crops elsewhere never pays for this copy)."""
+        return pad_reflect(np, self.splits.x_train, self.translate)
+
+    def epoch_plan(self, epoch: int):
+        """The epoch's crops as (image index, offsets, flips), `batch * steps_per_epoch` of
+        each in step order: a seeded permutation (the remainder dropped, as airbench's
+        loader does), shifts of up to `translate` pixels, flips. Host arrays of a few
+        hundred kB, drawn once an epoch."""
         n, m = len(self.labels), self.batch_size * self.steps_per_epoch
         index = self.rng.permutation(n)[:m]
         offsets = self.rng.integers(0, 2 * self.translate + 1, size=(m, 2))
@@ -162,6 +171,12 @@ class KerasTrainer:
             flips = epoch_flips(self.pattern[index], epoch)
         else:
             flips = self.rng.random(m) < 0.5
+        return index, offsets, flips
+
+    def epoch_data(self, epoch: int):
+        """The epoch's `batch * steps_per_epoch` augmented training images and labels, in
+        step order."""
+        index, offsets, flips = self.epoch_plan(epoch)
         return augment(np, self.padded, index, offsets, flips, self.splits.x_train.shape[1]), self.labels[index]
 
     def train_steps(self, x, y, first: int, count: int):
