@@ -12,7 +12,6 @@ import subprocess
 import sys
 import zipfile
 from importlib.metadata import packages_distributions
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient

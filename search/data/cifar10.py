@@ -52,43 +52,58 @@ def _key(batch: dict, name: str):
     raise KeyError(name)
 
 
-def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One batch file -> (images NHWC uint8, labels int64), checked."""
+def read_pickled(path: Path, what: str) -> dict:
+    """A pickled dict of CIFAR's python layout (`what`: "CIFAR-10 batch", "CIFAR-100 file"),
+    read through the restricted unpickler; anything else is one line naming the file."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise UsageError(f"{path}: missing CIFAR-10 batch file") from None
+        raise UsageError(f"{path}: missing {what} file") from None
     except OSError as err:
         raise UsageError(f"{path}: cannot read ({err.strerror})") from None
     try:
-        batch = restricted_load(raw)
+        content = restricted_load(raw)
     except UnsafePickle as err:
         raise UsageError(f"{path}: {err}") from None
     except Exception as err:  # truncated or not a pickle at all
-        raise UsageError(f"{path}: not a readable CIFAR-10 batch ({err.__class__.__name__}: {err})") from None
-    if not isinstance(batch, dict):
-        raise UsageError(f"{path}: not a CIFAR-10 batch (a {type(batch).__name__}, expected a dict)")
+        raise UsageError(f"{path}: not a readable {what} ({err.__class__.__name__}: {err})") from None
+    if not isinstance(content, dict):
+        raise UsageError(f"{path}: not a {what} (a {type(content).__name__}, expected a dict)")
+    return content
+
+
+def images_and_labels(path: Path, content: dict, labels_key: str, classes: int,
+                      what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The checked (images NHWC uint8, labels int64) of one read file: `data` rows of 3,072
+    bytes, and `labels_key` holding an integer 0..classes-1 per image."""
     try:
-        data, labels = _key(batch, "data"), _key(batch, "labels")
+        data, labels = _key(content, "data"), _key(content, labels_key)
     except KeyError as err:
-        raise UsageError(f"{path}: not a CIFAR-10 batch (no {err.args[0]!r} entry)") from None
+        raise UsageError(f"{path}: not a {what} (no {err.args[0]!r} entry)") from None
     try:
         data, labels = np.asarray(data), np.asarray(labels)
     except ValueError:  # ragged lists: no array shape at all
-        raise UsageError(f"{path}: not a CIFAR-10 batch (ragged data or labels)") from None
+        raise UsageError(f"{path}: not a {what} (ragged data or labels)") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise UsageError(f"{path}: images have shape {data.shape} and dtype {data.dtype}, "
                          "expected (N, 3072) uint8")
-    _check_labels(path, labels, data.shape[0])
+    _check_labels(path, labels, data.shape[0], classes)
     # Stored channel-first (3 planes of 32x32); Keras wants NHWC.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels.astype(np.int64)
 
 
-def _check_labels(path: Path, labels: np.ndarray, images: int) -> None:
-    """Labels are integers 0..9, one per image. Anything else is refused here, naming the
-    file: cast to int64 on the way to the model, a NaN or 3.7 would silently become some
+def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file -> (images NHWC uint8, labels int64), checked."""
+    what = "CIFAR-10 batch"
+    return images_and_labels(path, read_pickled(path, what), "labels", NUM_CLASSES, what)
+
+
+def _check_labels(path: Path, labels: np.ndarray, images: int, classes: int) -> None:
+    """Labels are integers 0..classes-1, one per image. Anything else is refused here, naming
+    the file: cast to int64 on the way to the model, a NaN or 3.7 would silently become some
     class (NumPy only warns), and byte strings would fail deep inside training."""
+    top = classes - 1
     if labels.shape != (images,):
         raise UsageError(f"{path}: {labels.size} labels for {images} images")
     if not labels.size:
@@ -97,16 +112,16 @@ def _check_labels(path: Path, labels: np.ndarray, images: int) -> None:
                                       np.issubdtype(labels.dtype, np.floating)):
         sample = labels.ravel()[0]
         sample = sample.item() if isinstance(sample, np.generic) else sample  # b'cat', not np.bytes_(b'cat')
-        raise UsageError(f"{path}: labels must be integers 0..9, found {type(sample).__name__} values "
+        raise UsageError(f"{path}: labels must be integers 0..{top}, found {type(sample).__name__} values "
                          f"(e.g. {sample!r:.40})")
     if np.issubdtype(labels.dtype, np.floating):
         bad = labels[~np.isfinite(labels) | (labels != np.round(labels))]
         if bad.size:
-            raise UsageError(f"{path}: labels must be integers 0..9, found {bad.size} that are not "
+            raise UsageError(f"{path}: labels must be integers 0..{top}, found {bad.size} that are not "
                              f"(e.g. {bad[0].item()!r})")
     low, high = labels.min(), labels.max()
-    if low < 0 or high >= NUM_CLASSES:
-        raise UsageError(f"{path}: labels outside 0..9 (found {low:g}..{high:g})")
+    if low < 0 or high > top:
+        raise UsageError(f"{path}: labels outside 0..{top} (found {low:g}..{high:g})")
 
 
 def _read_label_names(folder: Path) -> tuple[str, ...]:
@@ -137,18 +152,27 @@ def keras_cache_folder() -> Path:
     return home / "datasets" / "cifar-10-batches-py-target" / FOLDER
 
 
+def given_folder(data_dir, find, expected: str) -> Path | None:
+    """The data folder that --data-dir (or $BLOCKSWEEP_DATA_DIR) names, as `find(path)` locates
+    it there; None when neither is given. A folder that is not there is one line."""
+    given = data_dir or os.environ.get("BLOCKSWEEP_DATA_DIR")
+    if not given:
+        return None
+    path = Path(given)
+    flag = "--data-dir" if data_dir else "$BLOCKSWEEP_DATA_DIR"
+    if not path.is_dir():
+        raise UsageError(f"{flag} {path}: no such directory")
+    folder = find(path)
+    if folder is None:
+        raise UsageError(f"{flag} {path}: {expected}")
+    return folder
+
+
 def find_folder(data_dir: str | os.PathLike | None) -> Path:
     """Where the batch files are, by the documented order of sources."""
-    given = data_dir or os.environ.get("BLOCKSWEEP_DATA_DIR")
-    if given:
-        path = Path(given)
-        flag = "--data-dir" if data_dir else "$BLOCKSWEEP_DATA_DIR"
-        if not path.is_dir():
-            raise UsageError(f"{flag} {path}: no such directory")
-        folder = _batches_folder(path)
-        if folder is None:
-            raise UsageError(f"{flag} {path}: no CIFAR-10 batches here (expected {FOLDER}/ with "
-                             "data_batch_1..5 and test_batch)")
+    folder = given_folder(data_dir, _batches_folder,
+                          f"no CIFAR-10 batches here (expected {FOLDER}/ with data_batch_1..5 and test_batch)")
+    if folder is not None:
         return folder
     cached = keras_cache_folder()
     if (cached / TEST_BATCH).exists():

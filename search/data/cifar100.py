@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.data.cifar10 import Cifar10, _key
-from search.data.pickles import UnsafePickle, restricted_load
+from search.data.cifar10 import Cifar10, _key, given_folder, images_and_labels, read_pickled
 from search.errors import UsageError
 
 FOLDER = "cifar-100-python"
@@ -27,40 +26,12 @@ URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 
 
 def _read(path: Path) -> dict:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: missing CIFAR-100 file") from None
-    except OSError as err:
-        raise UsageError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        content = restricted_load(raw)
-    except UnsafePickle as err:
-        raise UsageError(f"{path}: {err}") from None
-    except Exception as err:  # truncated or not a pickle at all
-        raise UsageError(f"{path}: not a readable CIFAR-100 file ({err.__class__.__name__}: {err})") from None
-    if not isinstance(content, dict):
-        raise UsageError(f"{path}: not a CIFAR-100 file (a {type(content).__name__}, expected a dict)")
-    return content
+    return read_pickled(path, "CIFAR-100 file")
 
 
 def load_part(path: Path, label_mode: str) -> tuple[np.ndarray, np.ndarray]:
     """`train` or `test` -> (images NHWC uint8, labels int64), checked."""
-    batch = _read(path)
-    try:
-        data, labels = _key(batch, "data"), _key(batch, f"{label_mode}_labels")
-    except KeyError as err:
-        raise UsageError(f"{path}: not a CIFAR-100 file (no {err.args[0]!r} entry)") from None
-    data, labels = np.asarray(data), np.asarray(labels)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise UsageError(f"{path}: images have shape {data.shape} and dtype {data.dtype}, expected (N, 3072) uint8")
-    if labels.shape != (data.shape[0],):
-        raise UsageError(f"{path}: {labels.size} labels for {data.shape[0]} images")
-    k = CLASSES[label_mode]
-    if labels.size and (labels.min() < 0 or labels.max() >= k):
-        raise UsageError(f"{path}: {label_mode} labels outside 0..{k - 1} (found {labels.min()}..{labels.max()})")
-    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), labels.astype(np.int64)
+    return images_and_labels(path, _read(path), f"{label_mode}_labels", CLASSES[label_mode], "CIFAR-100 file")
 
 
 def _label_names(folder: Path, label_mode: str) -> tuple[str, ...]:
@@ -84,15 +55,8 @@ def _folder_in(path: Path) -> Path | None:
 
 def find_folder(data_dir) -> Path:
     """Where `train`, `test` and `meta` are, by the documented order of sources."""
-    given = data_dir or os.environ.get("BLOCKSWEEP_DATA_DIR")
-    if given:
-        path = Path(given)
-        flag = "--data-dir" if data_dir else "$BLOCKSWEEP_DATA_DIR"
-        if not path.is_dir():
-            raise UsageError(f"{flag} {path}: no such directory")
-        folder = _folder_in(path)
-        if folder is None:
-            raise UsageError(f"{flag} {path}: no CIFAR-100 here (expected {FOLDER}/ with train, test and meta)")
+    folder = given_folder(data_dir, _folder_in, f"no CIFAR-100 here (expected {FOLDER}/ with train, test and meta)")
+    if folder is not None:
         return folder
     home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
     cached = home / "datasets" / FOLDER

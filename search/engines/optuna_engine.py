@@ -473,7 +473,6 @@ class OptunaEngine:
         return trial
 
     def run(self, sweep: Sweep) -> SweepSummary:
-        o = sweep.options
         study, storage, url = getattr(self, "_opened", None) or self.open_study(sweep)
         started = time.monotonic()
         ran, stopped = 0, ""

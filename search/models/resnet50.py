@@ -26,7 +26,6 @@ pre-trained weights are found by `search/training/weights.py`.
 
 from __future__ import annotations
 
-from search.config.families import KERAS_RESNET50_BLOCKS as KERAS_BLOCKS
 from search.config.families import RESNET_STAGES as STAGES
 from search.config.families import RESNET_UNFREEZABLE as UNFREEZABLE
 from search.config.families import ResNet50Config as Config
