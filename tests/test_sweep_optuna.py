@@ -114,7 +114,7 @@ def test_timeout_bounds_the_invocation(cli, capsys, write_space, tiny_cifar, tra
     assert cli("run", write_space(), "--data-dir", tiny_cifar, "--quiet", "--study", "short", "--trials", "5",
                "--timeout", "0.001") == 0
     out = capsys.readouterr().out
-    assert "stopped: --timeout 0.001s reached" in out
+    assert "stopped: timeout 0.001s reached (--timeout or search.timeout)" in out
     assert len(optuna_study("short").trials) == 1
 
 

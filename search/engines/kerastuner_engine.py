@@ -254,7 +254,7 @@ class Budget:
     def stop_reason(self, failed: int) -> Optional[str]:
         """Why this invocation stops now ("" for its --trials done), or None to go on."""
         if self.timed_out():
-            return f"--timeout {self.timeout:g}s reached"
+            return f"timeout {self.timeout:g}s reached (--timeout or search.timeout)"
         if self.trials is not None and self.ran >= self.trials:
             return ""
         if failed >= self.max_failures:
@@ -452,7 +452,7 @@ class SweepTuner(BaseTuner):
                 time.sleep(POLL_S)
                 if not closed and budget.timed_out():
                     self.oracle.max_trials = len(self.oracle.trials)  # no new trials from now on
-                    closed, why = True, f"--timeout {budget.timeout:g}s reached"
+                    closed, why = True, f"timeout {budget.timeout:g}s reached (--timeout or search.timeout)"
                 if self.oracle.ongoing_trials:
                     continue
                 quiet = time.monotonic() - servicer.last_call > WORKER_GRACE_S

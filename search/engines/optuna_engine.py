@@ -425,7 +425,7 @@ class OptunaEngine:
             # As Optuna's optimize: the timeout is checked between trials (a running trial
             # is never cut short), and the first trial always starts.
             if o.timeout is not None and ran and time.monotonic() - started >= o.timeout:
-                return None, f"--timeout {o.timeout:g}s reached"
+                return None, f"timeout {o.timeout:g}s reached (--timeout or search.timeout)"
             if o.trials is not None and ran >= o.trials:
                 return None, ""
             if sweep.counts.failed >= o.max_failures:
