@@ -277,12 +277,9 @@ def _check_stores(storage: Optional[str], tracking_uri: Optional[str], engine: s
     """The stores, checked before anything is created in them or beside them: a database
     URL's driver is installed (the [postgres] extra), a server or database answers within
     seconds, a local database's folder can be created. Nothing is written here."""
-    import os
-
     from search.tracking import store, urls
 
-    tracking = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or store.mlflow_url()
-    stores = [(tracking, "--tracking-uri", "MLflow store")]
+    stores = [(tracking_uri or store.default_tracking_uri(), "--tracking-uri", "MLflow store")]
     if engine == "optuna":
         stores.append((storage or store.optuna_url(), "--storage", "study storage"))
     for url, flag, what in stores:

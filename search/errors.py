@@ -49,6 +49,11 @@ class Interrupted(KeyboardInterrupt):
         return "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
 
     @property
+    def by(self) -> str:
+        """Who or what stopped it, for a run's reason: "the user (Ctrl-C)" or "SIGTERM"."""
+        return "the user (Ctrl-C)" if self.signum == signal.SIGINT else self.name
+
+    @property
     def exit_code(self) -> int:
         return 128 + self.signum
 

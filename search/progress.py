@@ -1,10 +1,13 @@
-"""Terminal progress: an epoch bar for one training run, a trial bar for a sweep.
+"""Terminal progress: an epoch bar for one training run, a trial bar for a sweep; and
+`quiet_logger`, which keeps a library's harmless warnings off the terminal for a block.
 
-Both write to stderr (stdout carries the summary line or JSON) and vanish with --quiet.
+Both bars write to stderr (stdout carries the summary line or JSON) and vanish with --quiet.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 
 from tqdm.auto import tqdm
@@ -49,3 +52,15 @@ class SweepBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str):
+    """Only errors from the logger `name` while the block runs; its level restored after."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

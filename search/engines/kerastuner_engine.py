@@ -318,16 +318,15 @@ class SweepTuner(BaseTuner):
             self.run_ids[key] = run_id
         return result
 
-    def interrupt(self, name: str) -> None:
+    def interrupt(self, by: str) -> None:
         """Ctrl-C or SIGTERM mid-trial: the trial stays RUNNING in the oracle's saved state,
         which Keras Tuner hands out again when the project is reloaded (its retry); its
         child run is closed failed with the reason now (the trainer does it when the
         signal came mid-training, this covers the moments around it)."""
         if self.current_key is None:
             return
-        why = "the user (Ctrl-C)" if name == "Ctrl-C" else name
         self.sweep.tracker.mark_interrupted(self.sweep.experiment_id, self.sweep.parent_run_id, self.current_key,
-                                            f"interrupted: stopped by {why}; retried with the same parameters "
+                                            f"interrupted: stopped by {by}; retried with the same parameters "
                                             f"when the project is resumed")
 
     def tell(self, trial, result: TrialResult) -> None:
@@ -581,7 +580,7 @@ class KerasTunerEngine:
                 stopped = tuner.search(budget)
             except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM
                 stop = interrupted(err)
-                tuner.interrupt(stop.name)
+                tuner.interrupt(stop.by)
                 stop.summary = self._finish(sweep, tuner, who, stop.name, signalled=True)
                 raise stop from None
             return self._finish(sweep, tuner, who, stopped)

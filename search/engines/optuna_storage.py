@@ -6,7 +6,6 @@ study is there; and for `compare`'s importances and figures, which read a study 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 from search.errors import UsageError, first_line
@@ -64,7 +63,8 @@ def load(study: str, storage: Optional[str] = None):
     import optuna
 
     url = storage_url(storage)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+    path = urls.sqlite_path(url)
+    if path is not None and not path.exists():
         raise LookupError(f"no Optuna storage at {url}")  # opening it would create one
     try:
         return optuna.load_study(study_name=study, storage=url)

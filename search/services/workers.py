@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from search.services import procs
-from search.errors import UsageError
+from search.errors import Interrupted, UsageError
 
 SHARED_GPU_MEMORY = 0.9  # fraction of a shared GPU the workers on it divide among themselves
 STOP_SECONDS = 30.0  # after Ctrl-C: time for workers to record their interrupted trials
@@ -223,7 +223,7 @@ def summarize(outcomes: Sequence[Outcome], metric: str, signum: Optional[int] = 
     if last.get("parent_run_id"):
         line += f"; parent run {last['parent_run_id']}"
     if signum:
-        line += f"; stopped by {'Ctrl-C' if signum == signal.SIGINT else signal.Signals(signum).name}"
+        line += f"; stopped by {Interrupted(signum).name}"
     for o in failed:
         why = o.last_lines[-1] if o.last_lines else "no output"
         line += f"; worker {o.placement.label} failed (exit {o.exit_code}: {why})"

@@ -33,6 +33,11 @@ def mlflow_url() -> str:
     return f"sqlite:///{(STORE / MLFLOW_DB).resolve()}"
 
 
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI when set, else the embedded store (sqlite:///<abs>/mlruns/mlflow.db)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or mlflow_url()
+
+
 def optuna_url() -> str:
     """The embedded study storage: sqlite:///<abs>/mlruns/optuna.db. Naming it creates
     nothing: the folder is made when the storage is first opened (under its schema lock,

@@ -62,7 +62,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT
 
 from search.errors import UsageError, first_line
+from search.progress import quiet_logger
 from search.tracking import store, urls
+from search.tracking.store import default_tracking_uri
 from search.version import __version__
 
 # MLflow announces every schema migration of a new SQLite store at INFO; keep the
@@ -93,11 +95,6 @@ SEARCH_PAGE = 50_000  # MLflow's SQL store returns at most 50,000 runs per searc
 
 
 # --------------------------------------------------------------------------- where
-
-
-def default_tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI when set, else the embedded store (sqlite:///<abs>/mlruns/mlflow.db)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or store.mlflow_url()
 
 
 def _local_store(uri: str) -> Optional[Path]:
@@ -757,7 +754,7 @@ class Tracker:
         try:
             # register_model prints its progress on stderr and warns that it registers the
             # logged model (MLflow 3's way, above) rather than run artifacts: our commands print one line.
-            with contextlib.redirect_stderr(io.StringIO()), _quiet("mlflow.tracking._model_registry.fluent"):
+            with contextlib.redirect_stderr(io.StringIO()), quiet_logger("mlflow.tracking._model_registry.fluent"):
                 version = mlflow.register_model(uri, name, await_registration_for=60)
             self.client.set_registered_model_alias(name, alias, version.version)
         except MlflowException as err:
@@ -765,17 +762,6 @@ class Tracker:
         return {"name": name, "version": str(version.version), "alias": alias, "model_uri": f"models:/{name}@{alias}",
                 "source": uri}
 
-
-@contextlib.contextmanager
-def _quiet(logger: str):
-    """Only errors from `logger` while the block runs."""
-    log = logging.getLogger(logger)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def _version(package: str) -> str:

@@ -31,9 +31,7 @@ whether the embeddings came from the cache, and the frozen/trainable split per s
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import math
 import time
 from dataclasses import dataclass, replace
@@ -44,6 +42,7 @@ import keras
 import numpy as np
 
 from search.models import resnet50
+from search.progress import quiet_logger
 from search.tracking.store import cache_dir, digest_arrays, key_of, locked, replace_atomically, splits_digest
 from search.training import weights
 from search.training.components import (augmentation, build_model, loss_function, optimizer, precision_policy,
@@ -105,18 +104,6 @@ def embeddings(base, config, splits, policy: str) -> Embeddings:
     return Embeddings(**arrays, key=key, cached=cached, seconds=time.perf_counter() - started, path=path)
 
 
-@contextlib.contextmanager
-def _quiet_retracing():
-    """TensorFlow warns when a tf.function retraces: here, each of the several models a
-    trial builds, and each last, partial batch of a new size. Harmless, and noise."""
-    logger = logging.getLogger("tensorflow")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
 
 # --------------------------------------------------------------------------- the trial
 
@@ -125,7 +112,9 @@ def train_and_evaluate(config, splits, *, report: Optional[Report] = None, on_ep
                        progress=None) -> TrialResult:
     """Train a transfer scheme (config.model.scheme features or finetune) on `splits`; see
     the module docstring. Same contract as the loop's `train_and_evaluate`."""
-    with _quiet_retracing():
+    # TensorFlow warns when a tf.function retraces: here, each of the several models a
+    # trial builds, and each last, partial batch of a new size. Harmless, and noise.
+    with quiet_logger("tensorflow"):
         return _train(config, splits, report, on_epoch, progress)
 
 

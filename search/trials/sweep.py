@@ -191,8 +191,8 @@ class Sweep:
         """The splits for a trial's data config, prepared once per distinct config
         (augmentation runs inside the model, so it does not change the splits). Always
         with a validation split: the objective is never computed on the test set."""
-        if data_config.val_size == 0:
-            raise UsageError("data.val_size 0: a sweep's trials select on a validation split")
+        # config.check_sweep refused data.val_size 0, in the file and among the searched values.
+        assert data_config.val_size != 0, "a sweep's trials select on a validation split"
         key = replace(data_config, augment=Augment())
         if key not in self._splits:
             if len(self._splits) >= 2:  # searched data options: keep memory bounded

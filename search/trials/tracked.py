@@ -107,8 +107,7 @@ def train_tracked(config, splits, run: RunLog, *, report=None, progress=None,
             result = train_and_evaluate(config, splits, report=report, on_epoch=run.log_epoch, progress=progress)
     except KeyboardInterrupt as err:
         stop = interrupted(err)
-        by = "the user (Ctrl-C)" if stop.name == "Ctrl-C" else stop.name
-        run.finish("failed", f"interrupted by {by}")
+        run.finish("failed", f"interrupted by {stop.by}")
         raise stop from None
     except Exception as err:  # noqa: BLE001 - any training error is the trial's failure
         result = TrialResult.failed(f"{err.__class__.__name__}: {first_line(err, 1900)}")
