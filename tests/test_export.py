@@ -239,6 +239,9 @@ def test_predict_refuses_a_folder_that_is_not_an_export(cli, capsys, tmp_path):
      ["preprocessing.json needs mean and std"]),
     (lambda d: ((d / "classifier.json").unlink(), (d / "preprocessing.json").unlink()),
      ["neither classifier.json nor preprocessing.json"]),
+    # ... and its config.yaml, which says which metric (and TTA) the answers reproduce
+    (lambda d: ((d / "classifier.json").unlink(), (d / "config.yaml").write_text("train: [1, 2")),
+     ["config.yaml is not readable YAML"]),
 ])
 def test_predict_refuses_a_damaged_export_in_one_line(cli, capsys, exported, tmp_path, damage, words):
     from PIL import Image

@@ -46,6 +46,10 @@ HOSTILE_SPACES = [
     ("float for an integer", BASE + "train: {batch_size: 64.0}\n", ["train.batch_size", "valid integer"]),
     ("bool for an integer", BASE + "data: {augment: {translate: true}}\n", ["data.augment.translate", "integer"]),
     ("number for a switch", BASE + "train: {nesterov: 1}\n", ["train.nesterov", "valid boolean"]),
+    ("bool for an image side", BASE + "data: {source: {folder: imgs}, image_size: [true, 64]}\n",
+     ["data.image_size", "valid integer"]),
+    ("string for a fraction", BASE + "data: {source: {folder: imgs}, test_fraction: '0.3'}\n",
+     ["data.test_fraction", "valid number"]),
     ("bool for a number", BASE + "train: {learning_rate: true}\n", ["train.learning_rate", "valid number"]),
     ("string for a bound", BASE.replace("low: 0.001", "low: '0.001'"),
      ["params.train.learning_rate.low", "valid number"]),
@@ -84,6 +88,15 @@ def test_batch_within_the_split_and_whole_floats_still_load(tmp_path):
     path.write_text(BASE + "data: {train_size: 300, val_size: 100}\ntrain: {batch_size: 300, momentum: 0}\n")
     spec = load_spec(path)
     assert spec.file.train.batch_size == 300 and spec.file.train.momentum == 0.0
+
+
+def test_a_folders_batch_is_not_measured_against_cifar10s_split(tmp_path):
+    """Only CIFAR-10's split size is known before the data is read: two of its classes less
+    9,000 validation images would leave 1,000, but a folder may hold far more."""
+    path = tmp_path / "s.yaml"
+    path.write_text(BASE + "data: {source: {folder: imgs}, classes: [0, 1], val_size: 9000}\n"
+                    "train: {batch_size: 1024}\n")
+    assert load_spec(path).file.train.batch_size == 1024
 
 
 def test_oversized_space_file_is_refused_before_it_is_parsed(tmp_path):

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import yaml
 
-from search.errors import UsageError
+from search.errors import UsageError, first_line
 
 MODEL_FILE, INFO_FILE = "model.keras", "classifier.json"
 PREPROCESSING_FILE, CONFIG_FILE = "preprocessing.json", "config.yaml"
@@ -96,7 +96,10 @@ def read_config(path: Path, flag: str) -> Optional[dict]:
     """config.yaml as a mapping, or None when there is none."""
     if not path.is_file():
         return None
-    tree = yaml.safe_load(path.read_text())
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UsageError(f"{flag}: {path.name} is not readable YAML ({first_line(err, 120)})") from None
     if not isinstance(tree, dict):
         raise UsageError(f"{flag}: {path.name} is not a configuration")
     return tree

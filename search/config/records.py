@@ -69,12 +69,12 @@ class DataConfig:
     label_mode: Literal["fine", "coarse"] = "fine"  # cifar100: 100 fine or 20 coarse classes
     # Folder only. [height, width] every image is resized to on load (Pillow's Lanczos, as
     # `predict` does); None: the most common size in the folder. At most MAX_IMAGE_SIDE.
-    image_size: Optional[tuple[int, int]] = None
+    image_size: Optional[tuple[Int, Int]] = None
     # Folder only. A folder of test images in the same layout (the same class folders);
     # None: a stratified `test_fraction` of the folder, picked once and recorded beside
     # the decoded cache (mlruns/images/), so a rerun or a second worker tests on the same.
     test: Optional[str] = None
-    test_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: Float = Field(0.2, gt=0, lt=1)
     # Folder only. error: a corrupt, truncated or non-image file stops the run (one line
     # naming it); skip: such files are left out, with a warning that counts and names them.
     on_bad_image: Literal["error", "skip"] = "error"
@@ -129,7 +129,8 @@ class DataConfig:
         return self
 
 
-_DEFAULT_FOLDER_SETTINGS = {"test_fraction": 0.2, "on_bad_image": "error"}
+# The folder-only settings' defaults, read off the record (one place for defaults).
+_DEFAULT_FOLDER_SETTINGS = {name: getattr(DataConfig, name) for name in ("test_fraction", "on_bad_image")}
 
 
 # --------------------------------------------------------------------------- training
@@ -397,6 +398,8 @@ def _batch_fits_data(config) -> None:
     data = config.data
     if data.train_size is not None:
         size, what = data.train_size, f"data.train_size {data.train_size}"
+    elif data.source != "cifar10":  # another source's size is known once it is read
+        return
     else:
         classes = len(data.classes) if data.classes is not None else 10
         size = CIFAR10_TRAIN_IMAGES // 10 * classes - data.val_size

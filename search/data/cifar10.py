@@ -128,15 +128,19 @@ def _read_label_names(folder: Path) -> tuple[str, ...]:
     path = folder / META
     if not path.exists():
         return LABEL_NAMES
+    return label_names(path, "label_names", NUM_CLASSES, "CIFAR-10 meta file")
+
+
+def label_names(path: Path, key: str, count: int, what: str) -> tuple[str, ...]:
+    """The `count` class names stored under `key` in the pickled meta file `path`; anything
+    unreadable is one line naming the file."""
     try:
         meta = restricted_load(path.read_bytes())
-        names = _key(meta, "label_names")
-        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
-    except (UnsafePickle, KeyError, Exception) as err:
-        raise UsageError(f"{path}: not a readable CIFAR-10 meta file ({err.__class__.__name__}: "
-                         f"{str(err)[:120]})") from None
-    if len(names) != NUM_CLASSES:
-        raise UsageError(f"{path}: {len(names)} label names, expected {NUM_CLASSES}")
+        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in _key(meta, key))
+    except Exception as err:  # missing, not a pickle, a refused global, no such key, not a list
+        raise UsageError(f"{path}: not a readable {what} ({err.__class__.__name__}: {str(err)[:120]})") from None
+    if len(names) != count:
+        raise UsageError(f"{path}: {len(names)} {key.replace('_', ' ')}, expected {count}")
     return names
 
 
@@ -147,9 +151,14 @@ def _batches_folder(path: Path) -> Path | None:
     return None
 
 
+def keras_datasets() -> Path:
+    """Where Keras's `get_file` keeps datasets ($KERAS_HOME, by default ~/.keras)."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+
+
 def keras_cache_folder() -> Path:
-    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
-    return home / "datasets" / "cifar-10-batches-py-target" / FOLDER
+    """Where Keras's own CIFAR-10 loader (and `_download`) unpack the batches."""
+    return keras_datasets() / "cifar-10-batches-py-target" / FOLDER
 
 
 def given_folder(data_dir, find, expected: str) -> Path | None:

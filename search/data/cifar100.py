@@ -11,13 +11,12 @@ Sources, in order, as for CIFAR-10: `--data-dir` / $BLOCKSWEEP_DATA_DIR (a folde
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 
-from search.data.cifar10 import Cifar10, _key, given_folder, images_and_labels, read_pickled
+from search.data.cifar10 import Cifar10, given_folder, images_and_labels, keras_datasets, label_names, read_pickled
 from search.errors import UsageError
 
 FOLDER = "cifar-100-python"
@@ -35,15 +34,7 @@ def load_part(path: Path, label_mode: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _label_names(folder: Path, label_mode: str) -> tuple[str, ...]:
-    meta = _read(folder / "meta")
-    try:
-        names = _key(meta, f"{label_mode}_label_names")
-    except KeyError as err:
-        raise UsageError(f"{folder / 'meta'}: no {err.args[0]!r} entry") from None
-    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
-    if len(names) != CLASSES[label_mode]:
-        raise UsageError(f"{folder / 'meta'}: {len(names)} {label_mode} label names, expected {CLASSES[label_mode]}")
-    return names
+    return label_names(folder / "meta", f"{label_mode}_label_names", CLASSES[label_mode], "CIFAR-100 meta file")
 
 
 def _folder_in(path: Path) -> Path | None:
@@ -58,14 +49,14 @@ def find_folder(data_dir) -> Path:
     folder = given_folder(data_dir, _folder_in, f"no CIFAR-100 here (expected {FOLDER}/ with train, test and meta)")
     if folder is not None:
         return folder
-    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
-    cached = home / "datasets" / FOLDER
-    if (cached / "test").exists():
+    # Where Keras's own CIFAR-100 loader, and the download below, unpack the archive.
+    cached = _folder_in(keras_datasets() / f"{FOLDER}-target")
+    if cached is not None and (cached / "test").exists():
         return cached
     from keras.utils import get_file
 
     try:
-        path = get_file(fname=FOLDER, origin=URL, untar=True)
+        path = get_file(fname=f"{FOLDER}-target", origin=URL, extract=True)
     except Exception as err:
         raise UsageError(f"CIFAR-100 is not here and cannot be downloaded ({err.__class__.__name__}); pass "
                          f"--data-dir DIR with the {FOLDER}/ layout") from None

@@ -486,8 +486,13 @@ class OptunaEngine:
                     self._run_one(sweep, study, storage, url, trial)
                 except KeyboardInterrupt as err:
                     stop = interrupted(err)
-                    self._interrupt(sweep, study, storage, url, trial, "stopped by the user (Ctrl-C)"
-                                    if stop.name == "Ctrl-C" else f"stopped by {stop.name}")
+                    try:
+                        self._interrupt(sweep, study, storage, url, trial, f"stopped by {stop.by}")
+                    except Exception as fail:  # noqa: BLE001 - the parent must still be closed below
+                        # A busy lock or a store gone away: the trial keeps RUNNING with no
+                        # heartbeat, so a later worker fails it and enqueues its retry.
+                        print(f"blocksweep: could not record trial {trial.number} as interrupted "
+                              f"({first_line(fail, 200)}); a later run retries it", file=sys.stderr)
                     raise stop from None
         except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: its trial is failed and enqueued again
             stop = interrupted(err)
